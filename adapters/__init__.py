@@ -1,0 +1,1 @@
+"""Engines that serve one pinned base model with resident LoRA adapters."""

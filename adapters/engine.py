@@ -1,0 +1,136 @@
+"""The engine interface: one pinned base model, resident LoRA adapters, batched generation.
+
+Implementations: :mod:`adapters.peft_engine` (embedded, torch + transformers, LoRA applied
+from per-layer slot tensors, peft used for the adapter format and as the oracle) and
+:mod:`adapters.vllm_engine` (GPU, optional). The gateway depends on this module only.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Decoding controls. ``temperature == 0`` is greedy; ``seed`` makes sampling repeatable."""
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One completion. ``adapter_id`` None means the plain base model."""
+
+    request_id: str
+    prompt: str
+    adapter_id: str | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    request_id: str
+    adapter_id: str | None
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    confidence: float  # mean probability of the generated tokens, in [0, 1]
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """A streamed piece of text; the last chunk carries ``result`` (and empty or final text)."""
+
+    text: str
+    result: GenerationResult | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterInfo:
+    adapter_id: str
+    path: Path
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    slot: int
+    size_bytes: int
+    load_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class BaseInfo:
+    name: str  # the name clients may use as ``model`` to reach the plain base
+    sha256: str  # pinned content hash (weights + tokenizer files)
+    max_context: int
+    vocab_size: int
+    device: str
+    dtype: str
+
+
+class Engine(abc.ABC):
+    """Serves generation for a pinned base and the adapters resident in it.
+
+    Contract:
+    - ``load_adapter`` validates before it touches the engine: an adapter whose declared
+      base, target modules or shapes don't fit raises ``AdapterIncompatible`` and leaves
+      nothing half-loaded. Loading an id that is already resident returns its info.
+      ``NoFreeSlot`` when every slot is taken.
+    - ``unload_adapter`` stops admitting requests for the adapter, waits (up to
+      ``drain_timeout_s``) for its in-flight requests, then frees its slot. Unknown ids are
+      a no-op. Requests for other adapters are never affected.
+    - ``generate`` / ``stream`` admit one request into the batcher; concurrent requests for
+      different adapters share one forward pass. They raise ``InvalidRequest`` (prompt too
+      long for the context window, bad sampling values), ``AdapterNotResident``,
+      ``EngineOverloaded`` (queue full) or ``EngineError``; never hang past the engine's
+      request timeout (``EngineTimeout``).
+    - ``generate_batch`` runs the given requests together, bypassing the batcher (benches,
+      tests, offline evaluation).
+    """
+
+    base: BaseInfo
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Start worker threads/tasks. Called once, inside the serving event loop."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Fail queued requests with ``EngineError`` and stop workers."""
+
+    @abc.abstractmethod
+    async def load_adapter(self, adapter_id: str, path: Path) -> AdapterInfo: ...
+
+    @abc.abstractmethod
+    async def unload_adapter(self, adapter_id: str, drain_timeout_s: float = 30.0) -> None: ...
+
+    @abc.abstractmethod
+    def resident_adapters(self) -> dict[str, AdapterInfo]: ...
+
+    @abc.abstractmethod
+    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    @abc.abstractmethod
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]: ...
+
+    @abc.abstractmethod
+    async def generate_batch(
+        self, requests: Sequence[GenerationRequest]
+    ) -> list[GenerationResult]: ...
+
+    @abc.abstractmethod
+    def count_tokens(self, text: str) -> int: ...
+
+    @abc.abstractmethod
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        """Render chat messages into the prompt text the base expects."""

@@ -1,0 +1,1 @@
+"""Lineage registry: dataset cards, model cards, run manifests, lifecycle, and the home layout."""

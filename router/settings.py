@@ -1,0 +1,89 @@
+"""All configuration, from the environment (and CLI flags that override it).
+
+Nothing else in the project reads the environment. Unset ``REDIS_URL`` / ``DATABASE_URL``
+mean the embedded defaults: in-process route flags and a SQLite inference log in the home.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path("~/.lora-router")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LORA_ROUTER_",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    home: Path = Field(
+        default=DEFAULT_HOME, validation_alias="LORA_ROUTER_HOME"
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias="REDIS_URL"
+    )
+    database_url: str | None = Field(
+        default=None, validation_alias="DATABASE_URL"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    routes_file: Path | None = None  # default: <home>/routes.yaml
+    replica_id: str | None = None  # default: hostname-pid
+
+    # engine
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_batch_size: int = Field(default=32, ge=1, le=1024)
+    batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    max_lora_rank: int = Field(default=16, ge=1, le=512)
+    max_adapters: int = Field(default=8, ge=1, le=1024)
+    max_queue: int = Field(default=1024, ge=1)
+    request_timeout_s: float = Field(default=60.0, gt=0)
+    torch_threads: int | None = Field(default=None, ge=1)
+
+    # flags
+    flags_resync_s: float = Field(default=5.0, gt=0)
+    flags_ack_timeout_s: float = Field(default=10.0, gt=0)
+
+    # inference log
+    log_batch_size: int = Field(default=256, ge=1)
+    log_flush_ms: float = Field(default=200.0, gt=0)
+    log_queue_max: int = Field(default=10_000, ge=1)
+    input_store_enabled: bool = False
+    input_store_retention_days: int = Field(default=30, ge=1)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("DATABASE_URL must be a postgresql:// URL (unset = embedded SQLite)")
+        return v
+
+    @property
+    def routes_path(self) -> Path:
+        return self.routes_file if self.routes_file is not None else self.home / "routes.yaml"
