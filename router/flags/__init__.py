@@ -1,0 +1,1 @@
+"""Route flags: per-route state (live / canary / shadow / rollback target) and its stores."""

@@ -1,0 +1,1 @@
+"""The inference log: every request recorded with the adapter that served it."""

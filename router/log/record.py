@@ -1,0 +1,44 @@
+"""One row of ``inference_log``: the seed chapter's columns plus what the product needs.
+
+Built on the request path with what is already at hand (no I/O, no hashing of large data
+beyond the prompt's sha256); ``input_features`` are computed off the request path by the
+writer from ``prompt`` which is dropped before the row is stored (raw prompts are never
+written to ``inference_log``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Status = Literal["ok", "error"]
+
+
+@dataclass(slots=True)
+class InferenceRecord:
+    # the seed chapter's columns
+    request_id: str
+    model_id: str  # the adapter that served it (or the base's name)
+    input_hash: str
+    output: str
+    served_at: datetime
+    input_features: dict[str, Any] | None = None
+    confidence: float | None = None
+    was_correct: bool | None = None
+    failure_cluster: str | None = None
+    # product columns
+    route: str | None = None
+    arm: str | None = None  # live | canary | shadow
+    flag_version: int | None = None
+    parent_request_id: str | None = None  # the primary request of a shadow copy
+    base_model_id: str | None = None
+    latency_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    route_key_hash: str | None = None
+    policy_version: str | None = None
+    status: Status = "ok"
+    error: str | None = None
+    # transient: used to compute input_features off the request path, never stored
+    prompt: str | None = field(default=None, repr=False)
