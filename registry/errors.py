@@ -73,6 +73,13 @@ class RequestNotFound(LoraRouterError):
     code = "request_not_found"
 
 
+class LogStoreUnavailable(LoraRouterError):
+    """The inference-log database cannot be reached or timed out (records go to the spool)."""
+
+    status_code = 503
+    code = "log_store_unavailable"
+
+
 class AdapterError(LoraRouterError):
     """Base of adapter load/unload failures."""
 
@@ -145,6 +152,13 @@ class VersionConflict(LoraRouterError):
 
     status_code = 409
     code = "version_conflict"
+
+
+class FlagStoreUnavailable(LoraRouterError):
+    """The shared route store (Redis) cannot be reached; reads keep the last-known state."""
+
+    status_code = 503
+    code = "flag_store_unavailable"
 
 
 class RouteChangeRefused(LoraRouterError):

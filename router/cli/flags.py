@@ -1,9 +1,219 @@
-"""CLI commands: flags (placeholder until its issue lands)."""
+"""CLI commands for route flags: list, show, rollback, canary, shadow, promote, set-live, audit.
+
+Each talks to a running gateway with ``--url``, or, with ``REDIS_URL`` set and no
+``--url``, to Redis directly (creating routes from the home's routes.yaml if missing).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import getpass
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
 import typer
+from rich.table import Table
+
+from router.cli.common import HomeOpt, ReasonOpt, UrlOpt, console, friendly_errors, load_settings
+from router.flags.client import FlagsClient, open_client
+from router.flags.state import RouteState
+from router.flags.views import AuditOut, ChangeOut, RoutesOut
+
+T = TypeVar("T")
+
+ActorOpt = Annotated[
+    str | None, typer.Option("--actor", help="Who is making the change (default: your login).")
+]
+PercentOpt = Annotated[
+    float, typer.Option("--percent", min=0, max=100, help="Share of traffic, 0 to 100.")
+]
+LimitOpt = Annotated[int, typer.Option("--limit", min=1, help="Show at most this many changes.")]
+
+route_app = typer.Typer(help="Inspect one route.", no_args_is_help=True)
+
+
+def _actor(actor: str | None) -> str:
+    if actor:
+        return actor
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"
+
+
+def _run(
+    home: Any, url: str | None, actor: str | None, fn: Callable[[FlagsClient], Awaitable[T]]
+) -> T:
+    settings = load_settings(home)
+
+    async def main() -> T:
+        async with open_client(settings, url, _actor(actor)) as client:
+            return await fn(client)
+
+    return asyncio.run(main())
+
+
+def _summary(s: RouteState, sep: str = "  ") -> str:
+    parts = [f"live={s.live}"]
+    if s.canary:
+        parts.append(f"canary={s.canary.adapter} {s.canary.percent:g}%")
+    if s.shadow:
+        parts.append(f"shadow={s.shadow.adapter} {s.shadow.percent:g}%")
+    parts.append(f"rollback={s.rollback_target or '-'}")
+    return sep.join(parts)
+
+
+def _routes_table(out: RoutesOut) -> Table:
+    table = Table(title="routes")
+    for col in ("route", "version", "live", "canary", "shadow", "rollback target", "updated"):
+        table.add_column(col)
+    for s in out.routes:
+        table.add_row(
+            s.route,
+            str(s.version),
+            s.live,
+            f"{s.canary.adapter} {s.canary.percent:g}%" if s.canary else "-",
+            f"{s.shadow.adapter} {s.shadow.percent:g}%" if s.shadow else "-",
+            s.rollback_target or "-",
+            f"{s.updated_at:%Y-%m-%d %H:%M:%S} by {s.updated_by}: {s.reason}",
+        )
+    st = out.store
+    age = f", snapshot age {st.age_s:.1f}s" if st.age_s is not None else ""
+    table.caption = f"store: {st.backend} ({'connected' if st.connected else 'DISCONNECTED'}{age})"
+    return table
+
+
+def _show_table(s: RouteState) -> Table:
+    table = Table(title=f"route {s.route}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = {
+        "version": str(s.version),
+        "live": s.live,
+        "canary": f"{s.canary.adapter} ({s.canary.percent:g}%)" if s.canary else "-",
+        "shadow": f"{s.shadow.adapter} ({s.shadow.percent:g}%)" if s.shadow else "-",
+        "rollback target": s.rollback_target or "-",
+        "task": s.task.type + (f" ({', '.join(s.task.labels)})" if s.task.labels else ""),
+        "updated": f"{s.updated_at.isoformat()} by {s.updated_by}",
+        "reason": s.reason,
+    }
+    for k, v in rows.items():
+        table.add_row(k, v)
+    return table
+
+
+def _audit_table(out: AuditOut) -> Table:
+    table = Table(title=f"audit of {out.route}")
+    for col in ("version", "at (UTC)", "by", "action"):
+        table.add_column(col, no_wrap=True)
+    for col in ("reason", "from", "to"):
+        table.add_column(col, overflow="fold")
+    for e in out.entries:
+        table.add_row(
+            str(e.version), f"{e.at:%m-%d %H:%M:%S}", e.by, e.action, e.reason,
+            _summary(e.before, "\n") if e.before else "-", _summary(e.after, "\n"),
+        )
+    return table
+
+
+def _print_change(out: ChangeOut) -> None:
+    s = out.state
+    console.print(f"[bold]{out.action}[/bold] {s.route}: version {s.version}  {_summary(s)}")
+    a = out.applied
+    timing = f"committed in {out.commit_ms:.2f} ms"
+    if a is not None and a.replicas and out.prepare_ms >= 0.01:
+        timing = f"replicas loaded new adapters in {out.prepare_ms:.1f} ms; " + timing
+    console.print(timing)
+    if a is None or not a.replicas:
+        console.print("no gateway replicas registered: nothing to wait for")
+    elif a.elapsed_ms is not None:
+        n = len(a.replicas)
+        console.print(f"applied by all {n} replicas {a.elapsed_ms:.2f} ms after commit")
+    else:
+        console.print(
+            f"[yellow]applied by {len(a.replicas) - len(a.pending)}/{len(a.replicas)} replicas; "
+            f"not yet by: {', '.join(a.pending)}[/yellow]"
+        )
+
+
+def _change(home: Any, url: str | None, actor: str | None, route: str, action: str,
+            **fields: Any) -> None:
+    out = _run(home, url, actor, lambda c: c.change(route, action, **fields))
+    _print_change(out)
+
+
+@friendly_errors
+def routes_cmd(home: HomeOpt = None, url: UrlOpt = None) -> None:
+    """List every route with its live, canary, shadow and rollback target."""
+    out = _run(home, url, None, lambda c: c.routes())
+    console.print(_routes_table(out))
+
+
+@route_app.command("show")
+@friendly_errors
+def show_cmd(route: str, home: HomeOpt = None, url: UrlOpt = None) -> None:
+    """Show one route's state."""
+    console.print(_show_table(_run(home, url, None, lambda c: c.show(route))))
+
+
+@friendly_errors
+def rollback_cmd(
+    route: str, reason: ReasonOpt, home: HomeOpt = None, url: UrlOpt = None,
+    actor: ActorOpt = None,
+) -> None:
+    """Back to known-good: clear a canary/shadow, else live := rollback target."""
+    _change(home, url, actor, route, "rollback", reason=reason)
+
+
+@friendly_errors
+def canary_cmd(
+    route: str, adapter: str, percent: PercentOpt, reason: ReasonOpt, home: HomeOpt = None,
+    url: UrlOpt = None, actor: ActorOpt = None,
+) -> None:
+    """Send PERCENT % of keys (sticky) to ADAPTER."""
+    _change(home, url, actor, route, "canary", adapter=adapter, percent=percent, reason=reason)
+
+
+@friendly_errors
+def shadow_cmd(
+    route: str, adapter: str, percent: PercentOpt, reason: ReasonOpt, home: HomeOpt = None,
+    url: UrlOpt = None, actor: ActorOpt = None,
+) -> None:
+    """Copy PERCENT % of requests to ADAPTER in the background (never returned)."""
+    _change(home, url, actor, route, "shadow", adapter=adapter, percent=percent, reason=reason)
+
+
+@friendly_errors
+def promote_cmd(
+    route: str, reason: ReasonOpt, home: HomeOpt = None, url: UrlOpt = None,
+    actor: ActorOpt = None,
+) -> None:
+    """Make the canary live; the old live becomes the rollback target."""
+    _change(home, url, actor, route, "promote", reason=reason)
+
+
+@friendly_errors
+def set_live_cmd(
+    route: str, adapter: str, reason: ReasonOpt, home: HomeOpt = None, url: UrlOpt = None,
+    actor: ActorOpt = None,
+) -> None:
+    """Make ADAPTER live for all traffic; the old live becomes the rollback target."""
+    _change(home, url, actor, route, "set-live", adapter=adapter, reason=reason)
+
+
+@friendly_errors
+def audit_cmd(route: str, home: HomeOpt = None, url: UrlOpt = None, limit: LimitOpt = 50) -> None:
+    """Every change of ROUTE: who, when, why, from-state, to-state, version."""
+    console.print(_audit_table(_run(home, url, None, lambda c: c.audit(route, limit))))
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+    app.command("routes")(routes_cmd)
+    app.add_typer(route_app, name="route")
+    app.command("rollback")(rollback_cmd)
+    app.command("canary")(canary_cmd)
+    app.command("shadow")(shadow_cmd)
+    app.command("promote")(promote_cmd)
+    app.command("set-live")(set_live_cmd)
+    app.command("audit")(audit_cmd)

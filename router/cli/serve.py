@@ -1,9 +1,55 @@
-"""CLI commands: serve (placeholder until its issue lands)."""
+"""CLI: ``lora-router serve``: run the gateway with uvicorn."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from adapters.base_pin import verify_base
+from registry.home import Home
+from router.cli.common import HomeOpt, console, friendly_errors, load_settings
+from router.flags.state import load_routes_file
+
+
+@friendly_errors
+def serve(
+    home: HomeOpt = None,
+    host: Annotated[str | None, typer.Option("--host", help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port.")] = None,
+    routes: Annotated[
+        Path | None,
+        typer.Option("--routes", help="Initial route table. Default: <home>/routes.yaml."),
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the OpenAI-compatible gateway for a home (base, adapters, routes)."""
+    import uvicorn
+
+    from router.app import create_app
+
+    settings = load_settings(home, host=host, port=port, routes_file=routes)
+    # Checked here so that a missing/changed base or a bad routes file is one clean line,
+    # not a lifespan traceback from uvicorn (the lifespan verifies again).
+    lock = verify_base(Home.at(settings.home))
+    load_routes_file(settings.routes_path)
+    console.print(
+        f"serving base [bold]{lock.name}[/bold] ({lock.sha256[:12]}) from {settings.home} "
+        f"on http://{settings.host}:{settings.port}",
+        highlight=False,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+    app.command("serve")(serve)

@@ -35,7 +35,9 @@ class MemoryRouteStore(RouteStore):
                 if name not in self._states:
                     self._commit(state.model_copy(update={"version": 1}), None, "seed")
 
-    async def put(self, state: RouteState, expected_version: int, action: str = "set") -> RouteState:
+    async def put(
+        self, state: RouteState, expected_version: int, action: str = "set"
+    ) -> RouteState:
         async with self._lock:
             current = self._states.get(state.route)
             found = current.version if current else 0

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,6 +30,20 @@ class AuditEntry(BaseModel):
     after: RouteState
 
 
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """How fresh this process's snapshot is (for ``/readyz`` detail and metrics)."""
+
+    backend: str
+    connected: bool
+    last_sync_at: datetime | None  # None: never synced (or nothing to sync with)
+
+    def age_s(self, now: datetime | None = None) -> float | None:
+        if self.last_sync_at is None:
+            return None
+        return ((now or datetime.now(UTC)) - self.last_sync_at).total_seconds()
+
+
 class RouteStore(abc.ABC):
     """Holds every route's current state; reads are local, writes are compare-and-set.
 
@@ -43,6 +58,8 @@ class RouteStore(abc.ABC):
     - ``seed(states)`` creates routes that do not exist yet (config at start); existing
       routes keep their stored state.
     - ``subscribe(fn)`` calls ``fn(state)`` after each applied change in this process.
+      ``fn`` must be quick and thread-safe: the Redis store calls it from its listener
+      thread (hop to an event loop with ``loop.call_soon_threadsafe``).
     - ``audit(route)`` lists committed changes, oldest first.
     """
 
@@ -71,3 +88,7 @@ class RouteStore(abc.ABC):
 
     @abc.abstractmethod
     def subscribe(self, fn: Listener) -> None: ...
+
+    def health(self) -> StoreHealth:
+        """Connection and staleness of the snapshot; in-process stores are always current."""
+        return StoreHealth(backend="memory", connected=True, last_sync_at=None)

@@ -40,5 +40,8 @@ class InferenceRecord:
     policy_version: str | None = None
     status: Status = "ok"
     error: str | None = None
+    # the end user / data subject (e.g. the OpenAI ``user`` field); only the optional input
+    # store keeps it, so that its rows can be deleted by subject
+    subject: str | None = None
     # transient: used to compute input_features off the request path, never stored
     prompt: str | None = field(default=None, repr=False)

@@ -1,0 +1,1 @@
+"""HTTP API: OpenAI-compatible endpoints, health, error mapping and injected dependencies."""

@@ -1,0 +1,210 @@
+"""OpenAI-compatible endpoints: ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``.
+
+Each response names who served it: ``model`` is the concrete adapter id (or the base's
+name), also in ``x-model-id``; ``id`` is the request id, also in ``x-request-id``; routed
+requests add ``x-route``, ``x-route-arm`` and ``x-flag-version``. Streams are server-sent
+events in OpenAI's chunk format, ending with ``data: [DONE]``. Responses are plain dicts
+serialised by ``pydantic_core.to_json`` (no response models on the hot path), and bodies
+are parsed in one pass by ``model_validate_json`` (``router.api.deps.json_body``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic_core import to_json
+from starlette.responses import Response, StreamingResponse
+
+from adapters.engine import GenerationResult, SamplingParams, StreamChunk
+from registry.errors import InvalidRequest, LoraRouterError
+from router.api.deps import ChatBody, CompletionBody, ServiceDep, body_openapi
+from router.api.errors import JSON, project_error_object
+from router.schemas import (
+    DEFAULT_MAX_TOKENS,
+    ChatCompletionRequest,
+    CompletionRequest,
+)
+from router.service import Call, Served
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+_DONE = b"data: [DONE]\n\n"
+# a render turns one engine chunk into the SSE payloads to send
+Render = Callable[[StreamChunk], Iterable[dict[str, Any]]]
+
+
+def _headers(served: Served) -> dict[str, str]:
+    d = served.decision
+    headers = {
+        "x-request-id": served.request_id,
+        "x-model-id": served.model_id,
+        "x-route-arm": d.arm,
+    }
+    if d.route is not None:
+        headers["x-route"] = d.route
+    if d.flag_version is not None:
+        headers["x-flag-version"] = str(d.flag_version)
+    return headers
+
+
+def _usage(result: GenerationResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+
+
+def _params(
+    body: CompletionRequest | ChatCompletionRequest, max_tokens: int | None
+) -> SamplingParams:
+    if body.n != 1:
+        raise InvalidRequest(f"n={body.n} is not supported: only n=1", param="n")
+    return SamplingParams(
+        max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stop_tuple(),
+    )
+
+
+def _call(
+    request: Request, prefix: str, body: CompletionRequest | ChatCompletionRequest,
+    prompt: str, max_tokens: int | None,
+) -> Call:
+    rid = f"{prefix}-{os.urandom(16).hex()}"  # a uuid4's worth of randomness, 4x cheaper
+    request.state.request_id = rid  # error responses carry it too
+    route_key = body.user or request.headers.get("x-route-key")
+    return Call(rid, body.model, prompt, _params(body, max_tokens), route_key, body.user)
+
+
+@router.post("/completions", openapi_extra=body_openapi(CompletionRequest))
+async def completions(body: CompletionBody, request: Request, service: ServiceDep) -> Response:
+    """Text completion for a route, a pinned adapter id or the base."""
+    prompt = body.prompt_text()
+    call = _call(request, "cmpl", body, prompt or "", body.max_tokens)
+    if prompt is None:
+        raise InvalidRequest("only one prompt per request is supported", param="prompt")
+    if body.stream:
+        served, chunks = await service.open_stream(call)
+        render = _completion_chunks(served, int(time.time()), body.include_usage)
+        return _sse(served, chunks, render)
+    done = await service.complete(call)
+    r = done.result
+    payload = {
+        "id": call.request_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": done.served.model_id,
+        "choices": [
+            {"index": 0, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+        ],
+        "usage": _usage(r),
+    }
+    return Response(to_json(payload), media_type=JSON, headers=_headers(done.served))
+
+
+@router.post("/chat/completions", openapi_extra=body_openapi(ChatCompletionRequest))
+async def chat_completions(body: ChatBody, request: Request, service: ServiceDep) -> Response:
+    """Chat completion: messages rendered with the base's chat template."""
+    prompt = service.chat_prompt(body.message_dicts())
+    call = _call(request, "chatcmpl", body, prompt, body.token_limit())
+    if body.stream:
+        served, chunks = await service.open_stream(call)
+        render = _chat_chunks(served, int(time.time()), body.include_usage)
+        return _sse(served, chunks, render)
+    done = await service.complete(call)
+    r = done.result
+    payload = {
+        "id": call.request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": done.served.model_id,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": r.text},
+                "logprobs": None,
+                "finish_reason": r.finish_reason,
+            }
+        ],
+        "usage": _usage(r),
+    }
+    return Response(to_json(payload), media_type=JSON, headers=_headers(done.served))
+
+
+@router.get("/models")
+async def models(service: ServiceDep) -> Response:
+    """Routes, resident adapter ids and the base: every valid ``model``."""
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "lora-router", "kind": kind}
+        for name, kind in service.models()
+    ]
+    return Response(to_json({"object": "list", "data": data}), media_type=JSON)
+
+
+# -- streaming ------------------------------------------------------------------------
+def _sse(served: Served, chunks: AsyncGenerator[StreamChunk, None], render: Render) -> Response:
+    return StreamingResponse(
+        _events(served, chunks, render),
+        media_type="text/event-stream",
+        headers={**_headers(served), "cache-control": "no-cache"},
+    )
+
+
+async def _events(
+    served: Served, chunks: AsyncGenerator[StreamChunk, None], render: Render
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            for payload in render(chunk):
+                yield b"data: " + to_json(payload) + b"\n\n"
+        yield _DONE
+    except LoraRouterError as exc:  # headers are sent: report in-band, as OpenAI does
+        yield b"data: " + to_json({"error": project_error_object(exc, served.request_id)}) + b"\n\n"
+    finally:
+        await chunks.aclose()
+
+
+def _completion_chunks(served: Served, created: int, include_usage: bool) -> Render:
+    base = {"id": served.request_id, "object": "text_completion", "created": created,
+            "model": served.model_id}
+
+    def render(chunk: StreamChunk) -> Iterable[dict[str, Any]]:
+        r = chunk.result
+        if chunk.text or r is not None:
+            choice = {"index": 0, "text": chunk.text, "logprobs": None,
+                      "finish_reason": r.finish_reason if r else None}
+            yield {**base, "choices": [choice]}
+        if r is not None and include_usage:
+            yield {**base, "choices": [], "usage": _usage(r)}
+
+    return render
+
+
+def _chat_chunks(served: Served, created: int, include_usage: bool) -> Render:
+    base = {"id": served.request_id, "object": "chat.completion.chunk", "created": created,
+            "model": served.model_id}
+    first = True
+
+    def render(chunk: StreamChunk) -> Iterable[dict[str, Any]]:
+        nonlocal first
+        r = chunk.result
+        if first or chunk.text:
+            delta = {"role": "assistant", "content": chunk.text} if first else {
+                "content": chunk.text}
+            first = False
+            yield {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                        "finish_reason": None}]}
+        if r is not None:
+            yield {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                        "finish_reason": r.finish_reason}]}
+            if include_usage:
+                yield {**base, "choices": [], "usage": _usage(r)}
+
+    return render

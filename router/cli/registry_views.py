@@ -1,0 +1,101 @@
+"""Rich rendering of registry answers for ``lora-router registry`` (no logic here)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+from rich.tree import Tree
+
+from router.cli.common import console
+
+if TYPE_CHECKING:
+    from registry.integrity import Problem
+    from registry.reproduce import ReproduceResult
+    from registry.service import TrainedOnAnswer
+
+
+def print_problems(problems: list[Problem]) -> None:
+    errors = [p for p in problems if p.severity == "error"]
+    if not problems:
+        console.print("[green]registry valid[/green]: every link resolves, every hash matches")
+        return
+    for p in problems:
+        tag = "[red]ERROR[/red]" if p.severity == "error" else "[yellow]warning[/yellow]"
+        console.print(f"{tag} [{p.kind}] {p}", highlight=False, soft_wrap=True)
+    verdict = f"[red]{len(errors)} problem(s)[/red]" if errors else "[green]valid[/green]"
+    console.print(f"{verdict}, {len(problems) - len(errors)} warning(s)")
+
+
+def print_lineage(tree_data: dict[str, Any]) -> None:
+    mc = tree_data["model_card"]
+    base = mc["base_model"]
+    root = Tree(f"[bold]model card {mc['id']}[/bold] ({mc['status']}, {mc['adapter_hash']})")
+    root.add(f"base {base['name']} {base['version']} ({base['hash']})")
+    root.add(f"method {mc['method']}")
+    root.add(f"eval {mc['eval']}")
+    root.add(f"rollback chain: {' -> '.join(tree_data['rollback_chain']) or 'none'}")
+    run = tree_data["run_manifest"]
+    run_node = root.add(f"[bold]run manifest {mc['run_manifest']}[/bold]"
+                        + ("" if run else " [red](missing)[/red]"))
+    if run:
+        run_node.add(f"code {run['code_version']}, seed {run['seed']}, "
+                     f"hardware {run['hardware']['device']}")
+        run_node.add(f"{run['started_at']} -> {run['finished_at']}")
+        run_node.add(f"checkpoint {run['checkpoint']['location']} ({run['checkpoint']['hash']})")
+    ds = tree_data["dataset_card"]
+    ds_node = run_node.add(f"[bold]dataset card {mc['trained_on']}[/bold]"
+                           + (f" ({ds['hash']})" if ds else " [red](missing)[/red]"))
+    if ds:
+        for src in ds["sources"]:
+            ds_node.add(f"source {src['name']} (owner {src['owner']}, license {src['license']},"
+                        f" pii {src['pii']})")
+        ds_node.add(f"consent: {ds['consent_basis']}")
+        ds_node.add(f"excluded: {', '.join(ds['excluded']) or 'none'}")
+        ds_node.add(f"{len(ds['files'])} file(s)")
+    console.print(root)
+
+
+def print_trained_on(answer: TrainedOnAnswer) -> None:
+    (what, _value), = answer.query.items()
+    if answer.unknown:
+        console.print(f"[yellow]UNKNOWN for {', '.join(answer.unknown)}[/yellow]: no subject "
+                      "manifest, so these datasets cannot answer")
+    if not answer.found:
+        if not answer.unknown:
+            console.print(f"[green]NO[/green]: no dataset card includes this {what}; "
+                          "no adapter was trained on it")
+        return
+    console.print(f"[red]YES[/red]: this {what} is in dataset(s) {', '.join(answer.datasets)}")
+    table = Table("adapter", "status", "dataset", "serving now (route:arm)")
+    for hit in answer.adapters:
+        table.add_row(hit.adapter_id, hit.status, hit.dataset_id,
+                      ", ".join(str(r) for r in hit.serving) or "not routed")
+    console.print(table)
+    console.print("a retrain must exclude:")
+    for item in answer.retrain_exclude:
+        console.print(f"  - {item}", highlight=False)
+
+
+def print_base_impact(impact: dict[str, Any]) -> None:
+    adapters = impact["adapters"]
+    console.print(f"{len(adapters)} adapter(s) tied to base {impact['base']} "
+                  f"(pinned base: {impact['pinned_base']})")
+    table = Table("adapter", "status", "dataset", "serving now", "action")
+    for a in adapters:
+        table.add_row(a["adapter"], a["status"], a["dataset"],
+                      ", ".join(a["serving"]) or "-", a["action"])
+    console.print(table)
+    for a in adapters:
+        console.print(f"  {a['dataset']}: {a.get('dataset_hash')}", highlight=False)
+    if adapters:
+        console.print(f"plan: {impact['plan']}")
+
+
+def print_reproduce(result: ReproduceResult) -> None:
+    verdict = ("[green]IDENTICAL[/green]" if result.identical
+               else "[red]DIFFERENT[/red]")
+    console.print(f"{verdict}: {result.adapter_id} retrained with seed {result.seed}"
+                  f" (recorded seed {result.recorded_seed})")
+    console.print(f"  recorded {result.recorded_hash}", highlight=False)
+    console.print(f"  new      {result.new_hash}", highlight=False)

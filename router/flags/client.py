@@ -1,0 +1,140 @@
+"""How the CLI reaches the route operations: a running gateway (HTTP) or Redis directly.
+
+Both clients return the admin API's wire shapes (:mod:`router.flags.views`), so the CLI
+renders one thing. Over HTTP, the gateway's error codes come back as the same
+``LoraRouterError`` subclasses (a 409 ``version_conflict`` is a ``VersionConflict``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import httpx
+import redis.asyncio as aredis
+
+from registry.errors import ConfigError, LoraRouterError
+from registry.home import Home
+from router.flags.factory import home_known_adapters, open_route_store
+from router.flags.replicas import ReplicaRegistry
+from router.flags.service import RouteService
+from router.flags.state import RouteState
+from router.flags.views import AuditOut, ChangeOut, RoutesOut, StoreOut
+from router.settings import Settings
+
+ACTIONS = ("rollback", "canary", "shadow", "promote", "set-live")
+
+
+class FlagsClient(Protocol):
+    async def routes(self) -> RoutesOut: ...
+    async def show(self, route: str) -> RouteState: ...
+    async def audit(self, route: str, limit: int) -> AuditOut: ...
+    async def change(self, route: str, action: str, **fields: Any) -> ChangeOut: ...
+
+
+class ServiceClient:
+    """In-process calls on a :class:`RouteService` (the CLI's direct-to-Redis mode)."""
+
+    def __init__(self, service: RouteService, actor: str) -> None:
+        self.service = service
+        self.actor = actor
+
+    async def routes(self) -> RoutesOut:
+        s = self.service
+        return RoutesOut(routes=s.routes(), store=StoreOut.of(s.store.health()))
+
+    async def show(self, route: str) -> RouteState:
+        return self.service.show(route)
+
+    async def audit(self, route: str, limit: int) -> AuditOut:
+        return AuditOut(route=route, entries=await self.service.audit(route, limit))
+
+    async def change(self, route: str, action: str, **fields: Any) -> ChangeOut:
+        op = getattr(self.service, action.replace("-", "_"))
+        return ChangeOut.of(await op(route, actor=self.actor, **fields))
+
+
+class HttpClient:
+    """The admin API of a running gateway."""
+
+    def __init__(self, http: httpx.AsyncClient, actor: str) -> None:
+        self.http = http
+        self.actor = actor
+
+    async def routes(self) -> RoutesOut:
+        return RoutesOut.model_validate(await self._call("GET", "/admin/routes"))
+
+    async def show(self, route: str) -> RouteState:
+        return RouteState.model_validate(await self._call("GET", f"/admin/routes/{route}"))
+
+    async def audit(self, route: str, limit: int) -> AuditOut:
+        data = await self._call("GET", f"/admin/routes/{route}/audit", params={"limit": limit})
+        return AuditOut.model_validate(data)
+
+    async def change(self, route: str, action: str, **fields: Any) -> ChangeOut:
+        body = {"actor": self.actor, **fields}
+        data = await self._call("POST", f"/admin/routes/{route}/{action}", json=body)
+        return ChangeOut.model_validate(data)
+
+    async def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            response = await self.http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            where = self.http.base_url
+            raise ConnectionError(f"cannot reach the gateway at {where}: {exc}") from exc
+        if response.is_success:
+            return response.json()
+        raise _error_of(response)
+
+
+def _error_of(response: httpx.Response) -> LoraRouterError:
+    try:
+        err = response.json()["error"]
+        code, message = str(err["code"]), str(err["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "internal_error", f"HTTP {response.status_code}: {response.text[:200]}"
+    cls = _ERRORS_BY_CODE.get(code, LoraRouterError)
+    return cls(message)
+
+
+def _error_classes(cls: type[LoraRouterError]) -> dict[str, type[LoraRouterError]]:
+    out = {cls.code: cls}
+    for sub in cls.__subclasses__():
+        out.update(_error_classes(sub))
+    return out
+
+
+_ERRORS_BY_CODE = _error_classes(LoraRouterError)
+
+
+@asynccontextmanager
+async def open_client(
+    settings: Settings, url: str | None, actor: str, timeout_s: float = 30.0
+) -> AsyncIterator[FlagsClient]:
+    """HTTP when ``url`` is given; else Redis directly (``REDIS_URL``), seeding new routes."""
+    if url:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as http:
+            yield HttpClient(http, actor)
+        return
+    if not settings.redis_url:
+        raise ConfigError(
+            "no gateway and no Redis: pass --url http://HOST:PORT of a running gateway, "
+            "or set REDIS_URL to change the routes in Redis directly"
+        )
+    async with open_route_store(settings) as store:
+        redis = aredis.Redis.from_url(
+            settings.redis_url, socket_timeout=settings.flags_ack_timeout_s + 1,
+            socket_connect_timeout=2.0,
+        )
+        try:
+            registry = ReplicaRegistry(redis)
+            service = RouteService(
+                store,
+                known_adapters=home_known_adapters(Home.at(settings.home)),
+                prepare=registry.load_gate(settings.flags_ack_timeout_s),
+                replicas=registry,
+            )
+            yield ServiceClient(service, actor)
+        finally:
+            await redis.aclose()

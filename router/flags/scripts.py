@@ -1,0 +1,68 @@
+"""The Lua scripts that change route state in Redis, each one atomic round trip.
+
+Both take ``KEYS = [ROUTES, VERSIONS, audit_key(route)]`` and
+``ARGV = [route, version, state_json, at, by, reason, action, maxlen, channel]``;
+the audit entry's ``before`` is the state Redis held (read inside the script).
+
+- ``PUT``: compare-and-set. Commits iff the stored version equals ``version - 1``
+  (a missing route counts as 0); sets the state, appends the audit entry and publishes the
+  state on the changes channel. Returns ``{1, version}`` or ``{0, stored_version}``.
+- ``RESTORE``: max-wins, used by replicas after Redis lost its data (it keeps nothing on
+  disk): installs a replica's last-known state iff it is newer than what Redis holds, so
+  new changes continue above every version any replica has seen.
+"""
+
+from __future__ import annotations
+
+from router.flags import keys
+from router.flags.state import RouteState
+
+_COMMIT = """
+local before = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*',
+  'version', ARGV[2], 'at', ARGV[4], 'by', ARGV[5], 'reason', ARGV[6],
+  'action', ARGV[7], 'before', before, 'after', ARGV[3])
+redis.call('PUBLISH', ARGV[9], ARGV[3])
+"""
+
+PUT = (
+    """
+local stored = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if stored ~= tonumber(ARGV[2]) - 1 then
+  return {0, stored}
+end
+"""
+    + _COMMIT
+    + "return {1, tonumber(ARGV[2])}\n"
+)
+
+RESTORE = (
+    """
+local stored = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if stored >= tonumber(ARGV[2]) then
+  return {0, stored}
+end
+"""
+    + _COMMIT
+    + "return {1, tonumber(ARGV[2])}\n"
+)
+
+
+def script_keys(route: str) -> list[str]:
+    return [keys.ROUTES, keys.VERSIONS, keys.audit_key(route)]
+
+
+def script_args(state: RouteState, action: str) -> list[str | int]:
+    return [
+        state.route,
+        state.version,
+        state.model_dump_json(),
+        state.updated_at.isoformat(),
+        state.updated_by,
+        state.reason,
+        action,
+        keys.AUDIT_MAXLEN,
+        keys.CHANGES_CHANNEL,
+    ]

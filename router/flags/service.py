@@ -1,0 +1,231 @@
+"""Route changes: the operations the CLI and the admin API share.
+
+Each operation takes who (``actor``) and why (``reason``), reads the route's current state,
+builds the new one, validates it, gets every replica ready for it (``prepare``: the
+two-phase residency step), commits it with a compare-and-set on the version it read, and
+returns the committed state with how long the write took and, when replicas report, how
+long until every replica applied it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from registry.errors import (
+    AdapterNotFound,
+    InvalidRequest,
+    RouteChangeRefused,
+    RouteNotFound,
+    VersionConflict,
+)
+from router.flags.replicas import AppliedWatch, ApplyReport, ReplicaRegistry
+from router.flags.state import RouteState, Split
+from router.flags.store import AuditEntry, RouteStore
+
+PrepareFn = Callable[[set[str]], Awaitable[None]]
+KnownAdapters = Callable[[], set[str]]
+Build = Callable[[RouteState], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResult:
+    """A committed change: the new state and its timings (ms)."""
+
+    state: RouteState
+    action: str
+    prepare_ms: float  # asking replicas to load new adapters (0 when none were new)
+    commit_ms: float  # the compare-and-set write, to its acknowledgement
+    applied: ApplyReport | None  # None when no replica registry is attached
+
+
+class RouteService:
+    """The route operations over a :class:`RouteStore`.
+
+    ``known_adapters`` lists the adapters a route may name (registered, not retired); it is
+    checked for adapters a change *adds* (rollback and promote only reuse adapters the route
+    already holds, so they cannot be blocked by the registry). ``prepare(adapter_ids)`` is
+    awaited before a change that adds adapters is committed and raises
+    ``RouteChangeRefused`` to stop it. With a ``replicas`` registry, each change waits up
+    to ``apply_timeout_s`` for every live replica to report the new version.
+    """
+
+    def __init__(
+        self,
+        store: RouteStore,
+        *,
+        known_adapters: KnownAdapters | None = None,
+        prepare: PrepareFn | None = None,
+        replicas: ReplicaRegistry | None = None,
+        apply_timeout_s: float = 5.0,
+    ) -> None:
+        self.store = store
+        self._known = known_adapters
+        self._prepare = prepare
+        self._replicas = replicas
+        self._apply_timeout_s = apply_timeout_s
+
+    # reads
+    def routes(self) -> list[RouteState]:
+        return [s for _, s in sorted(self.store.all().items())]
+
+    def show(self, route: str) -> RouteState:
+        state = self.store.get(route)
+        if state is None:
+            raise RouteNotFound(f"no route {route!r}", route=route)
+        return state
+
+    async def audit(self, route: str, limit: int = 1000) -> list[AuditEntry]:
+        self.show(route)
+        return await self.store.audit(route, limit)
+
+    # changes
+    async def rollback(self, route: str, *, actor: str, reason: str, **kw: Any) -> ChangeResult:
+        """Abort a canary/shadow if one is set (live stays); else live := rollback target."""
+        return await self._change(route, "rollback", _rollback, actor, reason, **kw)
+
+    async def canary(
+        self, route: str, adapter: str, percent: float, *, actor: str, reason: str, **kw: Any
+    ) -> ChangeResult:
+        """Send ``percent`` % of keys (sticky) to ``adapter``."""
+
+        def build(cur: RouteState) -> dict[str, Any]:
+            _refuse_if(adapter == cur.live, f"{adapter} is already live on {cur.route}")
+            return {"canary": _split(adapter, percent)}
+
+        return await self._change(route, "canary", build, actor, reason, **kw)
+
+    async def shadow(
+        self, route: str, adapter: str, percent: float, *, actor: str, reason: str, **kw: Any
+    ) -> ChangeResult:
+        """Copy ``percent`` % of requests to ``adapter`` in the background (never returned)."""
+
+        def build(cur: RouteState) -> dict[str, Any]:
+            _refuse_if(adapter == cur.live, f"{adapter} is already live on {cur.route}")
+            return {"shadow": _split(adapter, percent)}
+
+        return await self._change(route, "shadow", build, actor, reason, **kw)
+
+    async def promote(self, route: str, *, actor: str, reason: str, **kw: Any) -> ChangeResult:
+        """The canary becomes live; the old live becomes the rollback target."""
+        return await self._change(route, "promote", _promote, actor, reason, **kw)
+
+    async def set_live(
+        self, route: str, adapter: str, *, actor: str, reason: str, **kw: Any
+    ) -> ChangeResult:
+        """``adapter`` serves all traffic; the old live becomes the rollback target."""
+
+        def build(cur: RouteState) -> dict[str, Any]:
+            _refuse_if(adapter == cur.live, f"{adapter} is already live on {cur.route}")
+            return _make_live(cur, adapter)
+
+        return await self._change(route, "set-live", build, actor, reason, **kw)
+
+    async def _change(
+        self,
+        route: str,
+        action: str,
+        build: Build,
+        actor: str,
+        reason: str,
+        expected_version: int | None = None,
+    ) -> ChangeResult:
+        if not reason.strip():
+            raise InvalidRequest("a reason is required for every route change")
+        if not actor.strip():
+            raise InvalidRequest("an actor is required for every route change")
+        current = self.show(route)
+        if expected_version is not None and expected_version != current.version:
+            raise VersionConflict(
+                f"route {route!r} is at version {current.version}, not {expected_version}",
+                route=route, expected=expected_version, found=current.version,
+            )
+        new = _evolve(current, {**build(current), "updated_by": actor, "reason": reason})
+        added = new.referenced_adapters() - current.referenced_adapters()
+        self._check_known(added)
+        t0 = time.perf_counter()
+        if added and self._prepare is not None:
+            await self._prepare(added)
+        t1 = time.perf_counter()
+        async with self._watch(route) as watch:
+            committed = await self.store.put(new, current.version, action)
+            t2 = time.perf_counter()
+            applied = None
+            if watch is not None:
+                applied = await watch.wait(
+                    committed.version, since=t2, timeout_s=self._apply_timeout_s
+                )
+        return ChangeResult(committed, action, (t1 - t0) * 1e3, (t2 - t1) * 1e3, applied)
+
+    def _check_known(self, adapters: set[str]) -> None:
+        if not adapters or self._known is None:
+            return
+        unknown = sorted(adapters - self._known())
+        if unknown:
+            raise AdapterNotFound(
+                f"unknown or retired adapter(s): {', '.join(unknown)}", adapters=unknown
+            )
+
+    @asynccontextmanager
+    async def _watch(self, route: str) -> AsyncIterator[AppliedWatch | None]:
+        if self._replicas is None:
+            yield None
+            return
+        async with self._replicas.watch_applied(route) as watch:
+            yield watch
+
+
+def _rollback(cur: RouteState) -> dict[str, Any]:
+    if cur.canary is not None or cur.shadow is not None:
+        return {"canary": None, "shadow": None}
+    if cur.rollback_target is None:
+        raise RouteChangeRefused(
+            f"route {cur.route!r} has no canary, no shadow and no rollback target",
+            route=cur.route,
+        )
+    return {"live": cur.rollback_target, "rollback_target": None}
+
+
+def _promote(cur: RouteState) -> dict[str, Any]:
+    if cur.canary is None:
+        raise RouteChangeRefused(f"route {cur.route!r} has no canary to promote", route=cur.route)
+    return _make_live(cur, cur.canary.adapter)
+
+
+def _make_live(cur: RouteState, adapter: str) -> dict[str, Any]:
+    changes: dict[str, Any] = {"live": adapter, "rollback_target": cur.live}
+    if cur.canary is not None and cur.canary.adapter == adapter:
+        changes["canary"] = None
+    if cur.shadow is not None and cur.shadow.adapter == adapter:
+        changes["shadow"] = None
+    return changes
+
+
+def _split(adapter: str, percent: float) -> Split:
+    try:
+        return Split(adapter=adapter, percent=percent)
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid split: {_first_error(exc)}") from exc
+
+
+def _evolve(cur: RouteState, changes: dict[str, Any]) -> RouteState:
+    """A validated copy (``model_copy`` would skip the validators)."""
+    try:
+        return RouteState.model_validate({**cur.model_dump(), **changes})
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid route state: {_first_error(exc)}") from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}"
+
+
+def _refuse_if(condition: bool, message: str) -> None:
+    if condition:
+        raise RouteChangeRefused(message)

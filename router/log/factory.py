@@ -1,0 +1,76 @@
+"""Building the inference log from settings: the sink registry and the writer.
+
+``DATABASE_URL`` set: PostgreSQL; unset: SQLite at ``<home>/log/inference.db``. The spool is
+always ``<home>/log/spool/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from registry.home import Home
+from router.log.features import LabelsFor, TokenCounter
+from router.log.pg_sink import PostgresSink
+from router.log.rows import RowBuilder
+from router.log.sink import LogSink
+from router.log.spool import Spool
+from router.log.sqlite_sink import SqliteSink
+from router.log.writer import LogWriter
+from router.settings import Settings
+
+# one registry of sink kinds, keyed by what selects them
+_SINKS: dict[str, Callable[[Settings, Home], LogSink]] = {
+    "postgres": lambda s, h: PostgresSink(s.database_url or ""),
+    "sqlite": lambda s, h: SqliteSink(sqlite_path(h)),
+}
+
+
+def _home(home: Home | Path | str) -> Home:
+    return home if isinstance(home, Home) else Home.at(home)
+
+
+def sqlite_path(home: Home) -> Path:
+    return home.log_dir / "inference.db"
+
+
+def sink_kind(settings: Settings) -> str:
+    return "postgres" if settings.database_url else "sqlite"
+
+
+def build_sink(settings: Settings, home: Home | Path | str | None = None) -> LogSink:
+    """The sink the settings select (not opened; call ``await sink.open()``)."""
+    return _SINKS[sink_kind(settings)](settings, _home(home or settings.home))
+
+
+def build_log_writer(
+    settings: Settings,
+    home: Home | Path | str | None = None,
+    *,
+    labels_for: LabelsFor | None = None,
+    token_counter: TokenCounter | None = None,
+    sink: LogSink | None = None,
+) -> LogWriter:
+    """The writer the gateway owns: ``await start()`` in the lifespan, ``record(rec)`` per
+    request (and per shadow copy), ``await close()`` on shutdown.
+
+    ``labels_for(route)`` returns a classification route's labels (empty for other routes);
+    ``token_counter(text)`` counts prompt tokens when a record carries no ``prompt_tokens``.
+    """
+    h = _home(home or settings.home)
+    builder = RowBuilder(
+        labels_for=labels_for,
+        token_counter=token_counter,
+        input_store=settings.input_store_enabled,
+    )
+    return LogWriter(
+        sink or build_sink(settings, h),
+        Spool(h.log_dir / "spool"),
+        builder,
+        batch_size=settings.log_batch_size,
+        flush_ms=settings.log_flush_ms,
+        queue_max=settings.log_queue_max,
+        input_retention_days=(
+            settings.input_store_retention_days if settings.input_store_enabled else None
+        ),
+    )

@@ -1,0 +1,368 @@
+"""The completion service: resolve ``model``, route, call the engine, record the request.
+
+The API layer (``router.api.openai``) turns HTTP into a :class:`Call` and a result back into
+OpenAI's shapes; this module knows nothing about HTTP. Hooks for later issues:
+
+- ``recorder``: called with one :class:`~router.log.record.InferenceRecord` per request
+  (served or failed). It must only enqueue (no I/O); the inference-log writer plugs in here.
+- ``shadow``: a :class:`ShadowDispatcher` that receives the primary request after it was
+  served when the route sampled it for a shadow copy; it must schedule the copy in the
+  background and return at once (the flags issue implements it; it can build the shadow's
+  record with :func:`build_record`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from adapters.engine import (
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    StreamChunk,
+)
+from registry.errors import (
+    AdapterNotResident,
+    EngineError,
+    EngineTimeout,
+    InvalidRequest,
+    LoraRouterError,
+    ModelNotFound,
+)
+from registry.home import Home
+from registry.ids import is_adapter_id
+from router.flags.store import RouteStore
+from router.log.record import InferenceRecord
+from router.routing import Decision, choose
+
+log = logging.getLogger(__name__)
+
+Recorder = Callable[[InferenceRecord], None]
+# What a call can fail with; cancellation is recorded too (the client went away).
+_FAILURES = (Exception, asyncio.CancelledError)
+# Grace on top of the engine's own request timeout: the engine should answer first.
+TIMEOUT_GRACE_S = 5.0
+
+
+class ShadowDispatcher(Protocol):
+    def submit(
+        self, primary: GenerationRequest, decision: Decision, route_key_hash: str | None
+    ) -> None:
+        """Schedule a background copy of ``primary`` on ``decision.shadow_adapter``.
+
+        Must return at once and never raise; the copy's output is recorded, never returned.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One completion asked of the service. ``route_key`` picks the canary arm (sticky)."""
+
+    request_id: str
+    model: str
+    prompt: str
+    params: SamplingParams
+    route_key: str | None = None
+    user: str | None = None  # the end user (OpenAI ``user``): the record's data subject
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Who serves a call: known before the first token, so it can go in the headers."""
+
+    request_id: str
+    model_id: str  # the adapter that served it, or the base's name
+    decision: Decision
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    served: Served
+    result: GenerationResult
+
+
+@dataclass(slots=True)
+class _Ctx:
+    call: Call
+    started: float
+    key_hash: str
+    decision: Decision | None = None
+
+    def model_id(self, base_name: str) -> str:
+        if self.decision is None:
+            return self.call.model
+        return self.decision.adapter_id or base_name
+
+    def served(self, base_name: str) -> Served:
+        assert self.decision is not None
+        return Served(self.call.request_id, self.model_id(base_name), self.decision)
+
+
+def key_hash(key: str) -> str:
+    """The routing key as stored in the log: a short sha256, never the raw user id."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def build_record(
+    *,
+    request_id: str,
+    prompt: str,
+    model_id: str,
+    base_model_id: str,
+    decision: Decision | None,
+    started: float,
+    route_key_hash: str | None,
+    result: GenerationResult | None = None,
+    error: BaseException | None = None,
+    output: str = "",
+    parent_request_id: str | None = None,
+    arm: str | None = None,
+    subject: str | None = None,
+) -> InferenceRecord:
+    """One ``inference_log`` row for a served (``result``) or failed (``error``) request."""
+    return InferenceRecord(
+        request_id=request_id,
+        model_id=model_id,
+        input_hash=hashlib.sha256(prompt.encode()).hexdigest(),
+        output=result.text if result is not None else output,
+        served_at=datetime.now(UTC),
+        confidence=result.confidence if result is not None else None,
+        route=decision.route if decision else None,
+        arm=arm or (decision.arm if decision else None),
+        flag_version=decision.flag_version if decision else None,
+        parent_request_id=parent_request_id,
+        base_model_id=base_model_id,
+        latency_ms=(time.perf_counter() - started) * 1000.0,
+        prompt_tokens=result.prompt_tokens if result is not None else None,
+        completion_tokens=result.completion_tokens if result is not None else None,
+        route_key_hash=route_key_hash,
+        status="ok" if error is None else "error",
+        error=_describe(error),
+        subject=subject,
+        prompt=prompt,
+    )
+
+
+def _describe(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        return "cancelled: the client went away"
+    return f"{type(error).__name__}: {error}"
+
+
+class CompletionService:
+    """Serves completions for routes, pinned adapter ids and the base.
+
+    Contract:
+    - ``model`` is a route name (arm chosen by :func:`router.routing.choose` with the call's
+      ``route_key``, else the request id), a resident adapter id (pinned), or the base's
+      name. A known but not resident adapter raises ``AdapterNotResident``; anything else
+      ``ModelNotFound`` listing the valid names.
+    - Every await on the engine is bounded (engine timeout + grace -> ``EngineTimeout``);
+      engine failures that are not project errors become ``EngineError``.
+    - Exactly one record per call reaches ``recorder`` (ok or error), when one is set.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: RouteStore,
+        home: Home,
+        *,
+        request_timeout_s: float,
+        recorder: Recorder | None = None,
+        shadow: ShadowDispatcher | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.recorder = recorder
+        self.shadow = shadow
+        self._home = home
+        self._timeout_s = request_timeout_s + TIMEOUT_GRACE_S
+        self._base_name = engine.base.name
+        self._max_context = engine.base.max_context
+
+    # -- resolution -------------------------------------------------------------------
+    def models(self) -> list[tuple[str, str]]:
+        """``(id, kind)`` for every valid ``model``: routes, resident adapters, the base."""
+        out = [(name, "route") for name in sorted(self.store.all())]
+        out += [(a, "adapter") for a in sorted(self.engine.resident_adapters())]
+        out.append((self._base_name, "base"))
+        return out
+
+    def resolve(self, model: str, key: str) -> Decision:
+        state = self.store.get(model)
+        if state is not None:
+            return choose(state, key)
+        if model == self._base_name:
+            return Decision(None, "live", None, None)
+        if model in self.engine.resident_adapters():
+            return Decision(None, "live", model, None)
+        if is_adapter_id(model) and self._on_disk(model):
+            raise AdapterNotResident(
+                f"adapter {model!r} exists but is not loaded (no route references it)",
+                param="model",
+            )
+        valid = [name for name, _ in self.models()]
+        raise ModelNotFound(
+            f"model {model!r} not found; valid models: {', '.join(valid)}",
+            param="model",
+            valid=valid,
+        )
+
+    def _on_disk(self, adapter_id: str) -> bool:
+        # only reached on the error path: a stat is fine there
+        return (self._home.adapter_dir(adapter_id) / "adapter_config.json").is_file()
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        return self.engine.chat_prompt(messages)
+
+    # -- serving ----------------------------------------------------------------------
+    def _begin(self, call: Call) -> tuple[_Ctx, GenerationRequest]:
+        key = call.route_key or call.request_id
+        ctx = _Ctx(call, time.perf_counter(), key_hash(key))
+        if call.params.max_tokens > self._max_context:
+            raise InvalidRequest(
+                f"max_tokens {call.params.max_tokens} exceeds the context window "
+                f"({self._max_context} tokens)",
+                param="max_tokens",
+            )
+        ctx.decision = self.resolve(call.model, key)
+        request = GenerationRequest(
+            call.request_id, call.prompt, ctx.decision.adapter_id, call.params
+        )
+        return ctx, request
+
+    async def complete(self, call: Call) -> Completion:
+        """Serve one completion; raise a ``LoraRouterError`` (recorded) on failure."""
+        ctx: _Ctx | None = None
+        try:
+            ctx, request = self._begin(call)
+            async with asyncio.timeout(self._timeout_s):
+                result = await self.engine.generate(request)
+        except _FAILURES as exc:
+            err = self._failed(call, ctx, exc)
+            if err is exc:
+                raise
+            raise err from exc
+        self._record(ctx, result=result)
+        self._shadow(ctx, request)
+        return Completion(ctx.served(self._base_name), result)
+
+    async def open_stream(
+        self, call: Call
+    ) -> tuple[Served, AsyncGenerator[StreamChunk, None]]:
+        """Admit a streamed call and wait for its first chunk, so admission errors keep their
+        HTTP status. Returns who serves it and the chunks (the first included); the chunks
+        generator records the request when it ends, fails or is closed: close it."""
+        ctx: _Ctx | None = None
+        try:
+            ctx, request = self._begin(call)
+            it = aiter(self.engine.stream(request))
+            async with asyncio.timeout(self._timeout_s):
+                first = await anext(it)
+        except _FAILURES as exc:
+            err = self._failed(call, ctx, exc)
+            if err is exc:
+                raise
+            raise err from exc
+        return ctx.served(self._base_name), self._chunks(ctx, request, it, first)
+
+    async def _chunks(
+        self,
+        ctx: _Ctx,
+        request: GenerationRequest,
+        it: AsyncIterator[StreamChunk],
+        chunk: StreamChunk,
+    ) -> AsyncGenerator[StreamChunk, None]:
+        parts: list[str] = []
+        try:
+            while True:
+                parts.append(chunk.text)
+                yield chunk
+                if chunk.result is not None:
+                    break
+                async with asyncio.timeout(self._timeout_s):
+                    chunk = await anext(it)
+        except StopAsyncIteration as exc:
+            ended = EngineError(f"engine stream for {ctx.call.request_id} ended without a result")
+            raise self._failed(ctx.call, ctx, ended, "".join(parts)) from exc
+        except (*_FAILURES, GeneratorExit) as exc:
+            err = self._failed(ctx.call, ctx, exc, "".join(parts))
+            if err is exc:
+                raise
+            raise err from exc
+        finally:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        self._record(ctx, result=chunk.result)
+        self._shadow(ctx, request)
+
+    def _shadow(self, ctx: _Ctx, request: GenerationRequest) -> None:
+        decision = ctx.decision
+        if self.shadow is not None and decision is not None and decision.shadow_adapter:
+            self.shadow.submit(request, decision, ctx.key_hash)
+
+    # -- failures and records ---------------------------------------------------------
+    def _failed(
+        self, call: Call, ctx: _Ctx | None, exc: BaseException, output: str = ""
+    ) -> BaseException:
+        """Record the failure; return the exception to raise (project errors as they are)."""
+        if isinstance(exc, LoraRouterError):
+            err: BaseException = exc
+        elif isinstance(exc, TimeoutError):
+            err = EngineTimeout(
+                f"request {call.request_id} timed out after {self._timeout_s:.1f} s",
+                request_id=call.request_id,
+            )
+        elif isinstance(exc, Exception):
+            log.exception("engine failed on request %s", call.request_id)
+            err = EngineError(
+                f"engine failed on request {call.request_id}: {type(exc).__name__}",
+                request_id=call.request_id,
+            )
+        else:  # cancelled or closed (the client went away): record, re-raise as is
+            err = exc
+        if ctx is None:
+            ctx = _Ctx(call, time.perf_counter(), key_hash(call.route_key or call.request_id))
+        self._record(ctx, error=err, output=output)
+        return err
+
+    def _record(
+        self,
+        ctx: _Ctx,
+        *,
+        result: GenerationResult | None = None,
+        error: BaseException | None = None,
+        output: str = "",
+    ) -> None:
+        if self.recorder is None:
+            return
+        record = build_record(
+            request_id=ctx.call.request_id,
+            prompt=ctx.call.prompt,
+            model_id=ctx.model_id(self._base_name),
+            base_model_id=self._base_name,
+            decision=ctx.decision,
+            started=ctx.started,
+            route_key_hash=ctx.key_hash,
+            result=result,
+            error=error,
+            output=output,
+            subject=ctx.call.user,
+        )
+        try:
+            self.recorder(record)
+        except Exception:  # a broken recorder must never fail inference
+            log.exception("recorder failed for request %s", ctx.call.request_id)
+
