@@ -19,7 +19,9 @@ def sha256_file(path: Path) -> str:
 
 def file_hashes(root: Path, files: Iterable[Path] | None = None) -> dict[str, str]:
     """``{relative posix path: sha256}`` for ``files`` (default: every file under ``root``)."""
-    paths = sorted(files) if files is not None else sorted(p for p in root.rglob("*") if p.is_file())
+    paths = (
+        sorted(files) if files is not None else sorted(p for p in root.rglob("*") if p.is_file())
+    )
     return {p.relative_to(root).as_posix(): sha256_file(p) for p in paths}
 
 
