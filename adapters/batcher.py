@@ -306,6 +306,11 @@ class MicroBatcher:
             self._pending.append((time.monotonic(), row))
             self._cv.notify_all()
 
+    def saturated(self) -> bool:
+        """Rows queued or running fill a batch, so a new row would wait (read without the
+        lock: a hint, exact only between steps)."""
+        return self._inflight >= self.limits.max_batch_size
+
     def call(self, fn: Callable[[], T]) -> Future[T]:
         """Run ``fn`` on the worker between steps; its result or error lands in the future."""
         fut: Future[T] = Future()

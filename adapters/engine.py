@@ -128,6 +128,14 @@ class Engine(abc.ABC):
         self, requests: Sequence[GenerationRequest]
     ) -> list[GenerationResult]: ...
 
+    def saturated(self) -> bool:
+        """A cheap, lock-free hint: True when a new request would wait for batch room.
+
+        For optional work (shadow copies), which is dropped rather than queued behind the
+        requests that clients wait for. Default: never saturated.
+        """
+        return False
+
     @abc.abstractmethod
     def count_tokens(self, text: str) -> int: ...
 

@@ -384,6 +384,9 @@ class EmbeddedEngine(Engine):
             raise
         return [s.future.result() for s in sinks]
 
+    def saturated(self) -> bool:
+        return self._batcher.saturated()
+
     # -- text ------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
         return len(self._codec.encode(text))

@@ -1,25 +1,49 @@
-"""Which adapters must be resident in the engine, and loading them.
+"""Which adapters must be resident in the engine: verified loads, and drained unloads.
 
-Phase 1 (serving core): at start the gateway loads every adapter that some route references
-(live, canary, shadow, rollback target) straight from the home's adapter directory, and
-``/readyz`` reports ready only when all of them are resident. The flags issue extends this
-class with the two-phase, gated reconciler (load on request of a route change, drain and
-unload what no route references any more).
+The engine keeps resident exactly the adapters some route references (live, canary, shadow,
+rollback target), plus, for a grace period, adapters loaded for a route change that is not
+committed yet (the two-phase gate loads before the commit; a reconcile triggered by another
+change in between must not unload them). Every load is gated by the registry: the adapter's
+files must hash to its model card and the card's base must be the pinned base
+(``registry.integrity.verify_adapter``); an adapter with no model card is refused too.
+
+The reconciler that calls :meth:`Residency.reconcile` on every applied route change lives in
+:mod:`router.flags.reconciler`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from adapters.engine import AdapterInfo, Engine
+from registry.errors import LoraRouterError
 from registry.home import Home
+from registry.integrity import verify_adapter
+from router.flags import metrics
 from router.flags.state import RouteState
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOAD_TIMEOUT_S = 120.0
+DEFAULT_PROTECT_S = 25.0
+DEFAULT_DRAIN_TIMEOUT_S = 60.0
+
+ResidentHook = Callable[[set[str]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class ReconcileOutcome:
+    """What one reconcile did; ``recheck_in_s``: when a protected adapter's grace ends."""
+
+    loaded: list[str] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # adapter -> "code: message"
+    recheck_in_s: float | None = None
 
 
 class Residency:
@@ -28,21 +52,40 @@ class Residency:
     Contract:
     - ``referenced(states)`` is the set of adapter ids some route may send traffic to or
       flip to; pure, no I/O.
-    - ``ensure(ids)`` loads every id of ``ids`` that is not resident yet, one at a time,
-      from ``home.adapter_dir(id)``; it returns the info of every id in ``ids``. A load
-      that fails raises the engine's error (``AdapterIncompatible``, ``AdapterNotFound``,
-      ``NoFreeSlot``, ...) and leaves the adapters loaded before it resident. Each load is
-      bounded by ``load_timeout_s`` (``TimeoutError``).
+    - ``ensure(ids)`` verifies (in a thread: it hashes files) and loads every id of ``ids``
+      that is not resident yet, one at a time, from ``home.adapter_dir(id)``, and protects
+      every id of ``ids`` from unloading for ``protect_s``; it returns the info of every id
+      in ``ids``. A refused or failed load raises (``AdapterIntegrityError``,
+      ``AdapterNotFound`` for no model card, ``AdapterRetired``, ``AdapterIncompatible``,
+      ``NoFreeSlot``, ``TimeoutError`` after ``load_timeout_s``) and leaves the adapters
+      loaded before it resident. An id being unloaded is reloaded after its drain.
+    - ``reconcile(referenced)`` loads what is referenced and missing (failures are logged
+      and returned, never raised), and unloads resident adapters that are neither referenced
+      nor protected; an unload drains the adapter's in-flight requests first (the engine's
+      contract) and runs in the background. A referenced id loses its protection.
     - ``missing(ids)`` is the subset of ``ids`` not resident now.
+    - ``on_resident`` (settable) is awaited with the resident set after it changed
+      (a replica publishes it); its failures are logged.
     """
 
     def __init__(
-        self, engine: Engine, home: Home, *, load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S
+        self,
+        engine: Engine,
+        home: Home,
+        *,
+        load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
+        protect_s: float = DEFAULT_PROTECT_S,
+        drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
     ) -> None:
         self._engine = engine
         self._home = home
         self._load_timeout_s = load_timeout_s
+        self.protect_s = protect_s
+        self._drain_timeout_s = drain_timeout_s
         self._lock = asyncio.Lock()
+        self._protected: dict[str, float] = {}  # adapter -> monotonic deadline
+        self._unloading: dict[str, asyncio.Task[None]] = {}
+        self.on_resident: ResidentHook | None = None
 
     @staticmethod
     def referenced(states: Mapping[str, RouteState] | Iterable[RouteState]) -> set[str]:
@@ -53,19 +96,121 @@ class Residency:
             refs |= state.referenced_adapters()
         return refs
 
+    def resident(self) -> set[str]:
+        return set(self._engine.resident_adapters())
+
     def missing(self, adapter_ids: Iterable[str]) -> set[str]:
         resident = self._engine.resident_adapters()
         return {a for a in adapter_ids if a not in resident}
 
+    def protected(self) -> set[str]:
+        now = time.monotonic()
+        return {a for a, until in self._protected.items() if until > now}
+
     async def ensure(self, adapter_ids: set[str]) -> dict[str, AdapterInfo]:
-        """Load whichever of ``adapter_ids`` is not resident; return their infos."""
+        """Verify and load whichever of ``adapter_ids`` is not resident; return their infos."""
+        until = time.monotonic() + self.protect_s
+        for adapter_id in adapter_ids:
+            self._protected[adapter_id] = max(self._protected.get(adapter_id, 0.0), until)
+        loaded = False
+        try:
+            async with self._lock:
+                for adapter_id in sorted(self.missing(adapter_ids)):
+                    await self._load(adapter_id)
+                    loaded = True
+                resident = self._engine.resident_adapters()
+                return {a: resident[a] for a in adapter_ids if a in resident}
+        finally:
+            if loaded:
+                await self._publish()
+
+    async def _load(self, adapter_id: str) -> None:
+        pending = self._unloading.get(adapter_id)
+        if pending is not None:  # re-referenced while draining: reload after the drain
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+        try:
+            await asyncio.to_thread(verify_adapter, self._home, adapter_id)
+        except LoraRouterError as exc:
+            metrics.ADAPTER_LOADS.labels("refused").inc()
+            log.error("load of %s refused by the registry: %s", adapter_id, exc.message)
+            raise
+        path = self._home.adapter_dir(adapter_id)
+        try:
+            async with asyncio.timeout(self._load_timeout_s):
+                info = await self._engine.load_adapter(adapter_id, path)
+        except BaseException:
+            metrics.ADAPTER_LOADS.labels("error").inc()
+            raise
+        metrics.ADAPTER_LOADS.labels("ok").inc()
+        log.info("adapter %s resident in slot %s (%.1f ms)", adapter_id, info.slot, info.load_ms)
+
+    async def reconcile(self, referenced: set[str]) -> ReconcileOutcome:
+        """Load what ``referenced`` lacks, unload what nobody references (see the class)."""
+        out = ReconcileOutcome()
+        for adapter_id in referenced:
+            self._protected.pop(adapter_id, None)  # referenced now: the route keeps it
         async with self._lock:
-            for adapter_id in sorted(self.missing(adapter_ids)):
-                path = self._home.adapter_dir(adapter_id)
-                async with asyncio.timeout(self._load_timeout_s):
-                    info = await self._engine.load_adapter(adapter_id, path)
-                log.info(
-                    "adapter %s resident in slot %s (%.1f ms)", adapter_id, info.slot, info.load_ms
-                )
-            resident = self._engine.resident_adapters()
-            return {a: resident[a] for a in adapter_ids if a in resident}
+            for adapter_id in sorted(self.missing(referenced)):
+                try:
+                    await self._load(adapter_id)
+                    out.loaded.append(adapter_id)
+                except Exception as exc:  # logged and reported; the next change retries
+                    out.failed[adapter_id] = _describe(exc)
+                    log.error("adapter %s referenced but not loadable: %s",
+                              adapter_id, out.failed[adapter_id])
+            now = time.monotonic()
+            for adapter_id in sorted(self.resident() - referenced):
+                until = self._protected.get(adapter_id, 0.0)
+                if until > now:
+                    wait = until - now
+                    if out.recheck_in_s is None or wait < out.recheck_in_s:
+                        out.recheck_in_s = wait
+                    continue
+                self._protected.pop(adapter_id, None)
+                self._start_unload(adapter_id)
+                out.unloaded.append(adapter_id)
+        if out.loaded:
+            await self._publish()
+        return out
+
+    def _start_unload(self, adapter_id: str) -> None:
+        if adapter_id in self._unloading:
+            return
+        task = asyncio.create_task(self._unload(adapter_id), name=f"unload-{adapter_id}")
+        self._unloading[adapter_id] = task
+
+    async def _unload(self, adapter_id: str) -> None:
+        try:
+            await self._engine.unload_adapter(adapter_id, self._drain_timeout_s)
+            metrics.ADAPTER_UNLOADS.labels("ok").inc()
+            log.info("adapter %s unloaded: no route references it", adapter_id)
+        except Exception as exc:
+            metrics.ADAPTER_UNLOADS.labels("error").inc()
+            log.error("unloading adapter %s failed: %s", adapter_id, _describe(exc))
+        finally:
+            self._unloading.pop(adapter_id, None)
+        await self._publish()
+
+    async def wait_unloads(self) -> None:
+        """Wait for the unloads in progress (tests, shutdown)."""
+        while self._unloading:
+            await asyncio.gather(*self._unloading.values(), return_exceptions=True)
+
+    async def _publish(self) -> None:
+        resident = self.resident()
+        metrics.ADAPTERS_RESIDENT.set(len(resident))
+        if self.on_resident is None:
+            return
+        try:
+            await self.on_resident(resident)
+        except Exception as exc:  # publishing is informational; serving goes on
+            log.warning("could not publish the resident adapters: %s", _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, LoraRouterError):
+        return f"{exc.code}: {exc.message}"
+    if isinstance(exc, TimeoutError):
+        return "timeout: the load did not finish in time"
+    return f"{type(exc).__name__}: {exc}"

@@ -111,6 +111,11 @@ class ModelCard(_Card):
         parse_adapter_id(v)
         return v
 
+    def moved_to(self, status: LifecycleStatus, by: str, reason: str) -> ModelCard:
+        """A copy in ``status``, with the move appended to its history (no checks)."""
+        change = StatusChange(status=status, by=by, reason=reason)
+        return self.model_copy(update={"status": status, "history": [*self.history, change]})
+
     @field_validator("rollback_target")
     @classmethod
     def _rollback(cls, v: str | None) -> str | None:

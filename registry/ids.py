@@ -11,11 +11,12 @@ from typing import NamedTuple
 
 from registry.errors import InvalidId
 
+# match with ``fullmatch``: ``^...$`` would accept a trailing newline ("a@v1\n")
 _NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
 _VERSION = r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}"
-NAME_RE = re.compile(rf"^{_NAME}$")
-ADAPTER_ID_RE = re.compile(rf"^(?P<name>{_NAME})@(?P<version>{_VERSION})$")
-CARD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+NAME_RE = re.compile(_NAME)
+ADAPTER_ID_RE = re.compile(rf"(?P<name>{_NAME})@(?P<version>{_VERSION})")
+CARD_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 
 
 class AdapterId(NamedTuple):
@@ -28,7 +29,7 @@ class AdapterId(NamedTuple):
 
 def parse_adapter_id(value: str) -> AdapterId:
     """Split ``name@version``; raise :class:`InvalidId` for anything else (``..``, ``/``)."""
-    m = ADAPTER_ID_RE.match(value)
+    m = ADAPTER_ID_RE.fullmatch(value)
     if m is None or ".." in value:
         raise InvalidId(
             f"invalid adapter id {value!r}: expected name@version "
@@ -39,12 +40,12 @@ def parse_adapter_id(value: str) -> AdapterId:
 
 
 def is_adapter_id(value: str) -> bool:
-    return ADAPTER_ID_RE.match(value) is not None and ".." not in value
+    return ADAPTER_ID_RE.fullmatch(value) is not None and ".." not in value
 
 
 def check_name(value: str, kind: str = "route") -> str:
     """Validate a route (or other plain) name; return it unchanged."""
-    if NAME_RE.match(value) is None or ".." in value:
+    if NAME_RE.fullmatch(value) is None or ".." in value:
         raise InvalidId(
             f"invalid {kind} name {value!r}: lowercase letters, digits and ._- only",
             value=value,
@@ -53,6 +54,6 @@ def check_name(value: str, kind: str = "route") -> str:
 
 
 def check_card_id(value: str, kind: str = "card") -> str:
-    if CARD_ID_RE.match(value) is None or ".." in value:
+    if CARD_ID_RE.fullmatch(value) is None or ".." in value:
         raise InvalidId(f"invalid {kind} id {value!r}", value=value)
     return value

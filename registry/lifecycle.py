@@ -4,17 +4,15 @@ Hashes are computed here, links are checked before anything is written, and a ve
 immutable: re-registering an id with other bytes, or a retired id, is refused. Status moves
 ``registered -> shadow -> canary -> live -> retired`` (stages may be skipped, and a demoted
 adapter may move back among the non-retired ones); ``retired`` is terminal and is entered
-only when nothing references the adapter.
+only when nothing references the adapter. Keeping the status in step with the routes, and
+the model card's rollback target for the route service, live in :mod:`registry.route_status`
+(re-exported here: :func:`sync_route_status`, :func:`card_rollback_target`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import secrets
 import shutil
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +31,36 @@ from registry.cards import (
     SubjectManifest,
 )
 from registry.errors import AdapterNotFound, AdapterReferenced, AdapterRetired, RegistryError
-from registry.hashing import file_hashes, salted_hash, tree_hash
+from registry.hashing import file_hashes, tree_hash
 from registry.home import Home
+from registry.ingest import (
+    import_dataset_dir,
+    method_from_adapter_config,
+    subject_manifest,
+    subjects_in_files,
+)
 from registry.integrity import adapter_file_hashes, checkpoint_hash
+from registry.route_status import card_rollback_target, sync_route_status
 from registry.service import Routes, load_routes, route_refs
-from registry.store import RegistryStore
+from registry.store import RegistryStore, registry_lock
+
+__all__ = [
+    "assert_routable",
+    "card_rollback_target",
+    "import_dataset_dir",
+    "method_from_adapter_config",
+    "references",
+    "register_adapter",
+    "register_adapter_from",
+    "register_dataset",
+    "registry_lock",
+    "retire",
+    "set_rollback_target",
+    "set_status",
+    "subject_manifest",
+    "subjects_in_files",
+    "sync_route_status",
+]
 
 log = logging.getLogger(__name__)
 
@@ -160,18 +183,6 @@ def register_adapter(
     return card
 
 
-@contextmanager
-def registry_lock(home: Home) -> Iterator[None]:
-    """Serialise read-modify-write of cards across processes (an flock on the registry)."""
-    home.registry_dir.mkdir(parents=True, exist_ok=True)
-    with (home.registry_dir / ".lock").open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _previous_card(store: RegistryStore, adapter_id: str, adapter_hash: str) -> ModelCard | None:
     """An existing card for the id: kept if the bytes are the same, else refused."""
     if not store.has_model_card(adapter_id):
@@ -289,11 +300,10 @@ def set_status(
                 raise AdapterReferenced(
                     f"adapter {adapter_id} is still referenced by {', '.join(refs)}; "
                     "move those away first", adapter=adapter_id, references=refs)
-        change = StatusChange(status=status, by=by, reason=reason)
-        card = card.model_copy(update={"status": status, "history": [*card.history, change]})
+        previous = card.status
+        card = card.moved_to(status, by, reason)
         store.put_model_card(card)
-    log.info("adapter %s: %s -> %s by %s (%s)", adapter_id, card.history[-2].status if len(
-        card.history) > 1 else "?", status, by, reason)
+    log.info("adapter %s: %s -> %s by %s (%s)", adapter_id, previous, status, by, reason)
     return card
 
 
@@ -303,21 +313,6 @@ def retire(
 ) -> ModelCard:
     """Retire an adapter for good (see :func:`set_status`)."""
     return set_status(home, adapter_id, "retired", by, reason, routes=routes)
-
-
-def method_from_adapter_config(adapter_dir: Path, objective: str = "sft") -> Method:
-    """The LoRA method (r, alpha, target modules) as the adapter's own config declares it."""
-    import json
-
-    path = adapter_dir / "adapter_config.json"
-    try:
-        cfg = json.loads(path.read_text())
-        targets = cfg.get("target_modules") or []
-        return Method(type="lora", r=int(cfg["r"]), alpha=float(cfg["lora_alpha"]),
-                      objective=objective,
-                      target_modules=sorted([targets] if isinstance(targets, str) else targets))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RegistryError(f"{path}: not a readable LoRA adapter config: {exc}") from exc
 
 
 def register_adapter_from(home: Home, src: Path, adapter_id: str, **kwargs: Any) -> ModelCard:
@@ -341,45 +336,3 @@ def register_adapter_from(home: Home, src: Path, adapter_id: str, **kwargs: Any)
     except BaseException:
         shutil.rmtree(dst, ignore_errors=True)
         raise
-
-
-def import_dataset_dir(home: Home, src: Path, dataset_id: str) -> Path:
-    """Copy dataset files into ``data/<id>/`` (no-op if already there); never overwrites."""
-    dst = home.dataset_dir(dataset_id)
-    src = src.resolve()
-    if src == dst:
-        return dst
-    if not src.is_dir():
-        raise RegistryError(f"{src}: not a directory of dataset files")
-    if dst.exists():
-        if file_hashes(dst) != file_hashes(src):
-            raise RegistryError(f"{dst} already holds different files for {dataset_id}")
-        return dst
-    shutil.copytree(src, dst)
-    return dst
-
-
-def subject_manifest(
-    values: Iterable[str], *, kind: str = "customer_id", salt: str | None = None
-) -> SubjectManifest:
-    """Salted hashes of the data subjects (the values themselves are not kept)."""
-    salt = salt if salt is not None else secrets.token_hex(16)
-    hashes = sorted({salted_hash(v, salt) for v in values if str(v).strip()})
-    return SubjectManifest(kind=kind, salt=salt, hashes=hashes)
-
-
-def subjects_in_files(data_dir: Path, field: str) -> list[str]:
-    """Values of ``field`` in the JSON Lines (``.jsonl``) and CSV files under ``data_dir``."""
-    import csv
-    import json
-
-    values: set[str] = set()
-    for path in sorted(data_dir.rglob("*")):
-        if path.suffix == ".jsonl":
-            for line in path.read_text().splitlines():
-                if line.strip() and (v := json.loads(line).get(field)) is not None:
-                    values.add(str(v))
-        elif path.suffix == ".csv":
-            with path.open(newline="") as f:
-                values.update(str(r[field]) for r in csv.DictReader(f) if r.get(field))
-    return sorted(values)

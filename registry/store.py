@@ -6,8 +6,11 @@ Writes are atomic (temp file + rename) so a crash never leaves half a card.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,6 +43,22 @@ def _read_yaml(path: Path, model: type[T]) -> T:
         return model.model_validate(data)
     except (yaml.YAMLError, ValidationError) as exc:
         raise RegistryError(f"{path}: not a valid {model.__name__}: {exc}", path=str(path)) from exc
+
+
+@contextmanager
+def registry_lock(home: Home) -> Iterator[None]:
+    """Serialise read-modify-write of cards across processes (an flock on the registry).
+
+    Not re-entrant: a holder must not take it again (a second flock in the same process
+    waits on the first).
+    """
+    home.registry_dir.mkdir(parents=True, exist_ok=True)
+    with (home.registry_dir / ".lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class RegistryStore:

@@ -1,14 +1,21 @@
 """The gateway application: wiring only.
 
-The lifespan builds the engine (which verifies the base's hash against its pin), the route
-store seeded from the routes file, the residency keeper (every referenced adapter loaded
-before the app reports ready) and the completion service, and keeps them on
-``app.state.components``.
+The lifespan builds the engine (which verifies the base's hash against its pin), the
+residency keeper (every load verified against the adapter's model card), the route flags
+(:class:`~router.flags.runtime.FlagsRuntime`: store seeded from the routes file, every
+referenced adapter loaded before the app reports ready, the reconciler, and in Redis mode
+the replica's load responder and heartbeat), the inference log writer, the shadow
+dispatcher and the completion service, and keeps them on ``app.state.components``.
 
-Hooks for later issues, passed to :func:`create_app`:
-- ``recorder``: called with one ``InferenceRecord`` per request (the inference log's
-  enqueue); default None records nothing.
-- ``shadow``: a ``ShadowDispatcher`` receiving requests sampled for a shadow copy.
+A referenced adapter that cannot be loaded at start (tampered files, no model card, another
+base) fails the start with the adapter and the reason logged: a gateway that can never
+serve its routes as configured should not linger half-ready.
+
+Hooks, passed to :func:`create_app`:
+- ``recorder``: called with one ``InferenceRecord`` per request (default: the inference
+  log writer built from the settings).
+- ``shadow``: a ``ShadowDispatcher`` receiving requests sampled for a shadow copy (default:
+  :class:`router.shadow.BackgroundShadow` on the same recorder).
 """
 
 from __future__ import annotations
@@ -22,19 +29,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
+from adapters.engine import Engine
 from adapters.factory import build_engine
 from adapters.residency import Residency
+from registry.errors import LoraRouterError
 from registry.home import Home
 from router.api import admin, feedback, health, openai
 from router.api.deps import Components
 from router.api.errors import install_error_handlers
-from router.flags.factory import build_route_store, default_replica_id, home_known_adapters
-from router.flags.service import RouteService
-from router.flags.state import load_routes_file
+from router.flags.runtime import FlagsRuntime
 from router.flags.store import RouteStore
 from router.log.factory import build_log_writer
-from router.service import CompletionService, Recorder, ShadowDispatcher
+from router.service import TIMEOUT_GRACE_S, CompletionService, Recorder, ShadowDispatcher
 from router.settings import Settings
+from router.shadow import BackgroundShadow
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +54,13 @@ _NO_OTEL: TelemetryConfig = {
 }
 
 
-async def _route_store(settings: Settings) -> RouteStore:
-    """Redis when ``REDIS_URL`` is set, else in-process; seeded from the routes file."""
-    store = build_route_store(settings, replica_id=default_replica_id(settings))
-    await store.start()
-    await store.seed(load_routes_file(settings.routes_path))
-    return store
+def _residency(settings: Settings, engine: Engine, home: Home) -> Residency:
+    return Residency(
+        engine,
+        home,
+        protect_s=settings.load_grace_s,
+        drain_timeout_s=settings.request_timeout_s + TIMEOUT_GRACE_S,
+    )
 
 
 def create_app(
@@ -68,56 +77,75 @@ def create_app(
         # loads the base and re-hashes it against the pin (BaseModelMismatch otherwise)
         engine = await asyncio.to_thread(build_engine, settings, home)
         await engine.start()
-        store: RouteStore | None = None
+        flags: FlagsRuntime | None = None
         writer = None
+        own_shadow: BackgroundShadow | None = None
         try:
-            store = await _route_store(settings)
-            residency = Residency(engine, home)
-            await residency.ensure(residency.referenced(store.all()))
-            active_store = store
-            if recorder is None:
+            residency = _residency(settings, engine, home)
+            try:
+                flags = await FlagsRuntime.start(settings, home, residency)
+            except LoraRouterError as exc:
+                log.error("gateway cannot start: %s", exc.message)
+                raise
+            store = flags.store
+            record = recorder
+            if record is None:
                 writer = build_log_writer(
                     settings,
                     home,
-                    labels_for=lambda r: _labels_for(active_store, r),
+                    labels_for=lambda r: _labels_for(store, r),
                     token_counter=engine.count_tokens,
                 )
                 await writer.start()
                 app.state.log_writer = writer
-            app.state.route_service = RouteService(
-                store, known_adapters=home_known_adapters(home), prepare=residency.ensure
-            )
+                record = writer.record
+            dispatcher = shadow
+            if dispatcher is None:
+                dispatcher = own_shadow = BackgroundShadow(
+                    engine,
+                    record,
+                    base_model_id=engine.base.name,
+                    max_inflight=settings.shadow_max_inflight,
+                    timeout_s=settings.request_timeout_s,
+                )
+            app.state.route_service = flags.service
             service = CompletionService(
                 engine,
                 store,
                 home,
                 request_timeout_s=settings.request_timeout_s,
-                recorder=recorder if recorder is not None else writer.record,  # type: ignore[union-attr]
-                shadow=shadow,
+                recorder=record,
+                shadow=dispatcher,
             )
             app.state.components = Components(
-                settings, home, engine, store, residency, service, base_verified=True
+                settings, home, engine, store, residency, service, base_verified=True,
+                flags=flags,
             )
             log.info(
-                "gateway ready: base %s (%s), %d routes",
+                "gateway ready: base %s (%s), %d routes, replica %s (%s)",
                 engine.base.name,
                 engine.base.sha256[:12],
                 len(store.all()),
+                flags.replica_id,
+                "redis" if settings.redis_url else "embedded",
             )
             # The model, torch and the libraries are ~200k long-lived objects that a full
             # collection would rescan (~100 ms on 2 cores): move them out of the collector.
             gc.freeze()
             yield
         finally:
+            if flags is not None:
+                await flags.close()  # deregisters first: writers stop waiting for us
+            if own_shadow is not None:
+                await own_shadow.close()  # its last records go to the writer
             if writer is not None:
                 await writer.close()  # drains the queue (SIGTERM: uvicorn runs the lifespan exit)
-            if store is not None:
-                await store.close()
             await engine.close()
 
     # FastAPI's built-in OpenTelemetry hooks cost tens of microseconds of CPU per request
     # even with no provider configured: off on the hot path.
     app = FastAPI(title="lora-router", version="0.1.0", lifespan=lifespan, telemetry=_NO_OTEL)
+    app.state.admin_token = settings.admin_token
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(health.router)

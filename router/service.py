@@ -54,11 +54,17 @@ TIMEOUT_GRACE_S = 5.0
 
 class ShadowDispatcher(Protocol):
     def submit(
-        self, primary: GenerationRequest, decision: Decision, route_key_hash: str | None
+        self,
+        primary: GenerationRequest,
+        decision: Decision,
+        route_key_hash: str | None,
+        *,
+        subject: str | None = None,
     ) -> None:
         """Schedule a background copy of ``primary`` on ``decision.shadow_adapter``.
 
         Must return at once and never raise; the copy's output is recorded, never returned.
+        ``subject`` is the primary's data subject (the OpenAI ``user``), for its record.
         """
 
 
@@ -310,8 +316,12 @@ class CompletionService:
 
     def _shadow(self, ctx: _Ctx, request: GenerationRequest) -> None:
         decision = ctx.decision
-        if self.shadow is not None and decision is not None and decision.shadow_adapter:
-            self.shadow.submit(request, decision, ctx.key_hash)
+        if self.shadow is None or decision is None or not decision.shadow_adapter:
+            return
+        try:
+            self.shadow.submit(request, decision, ctx.key_hash, subject=ctx.call.user)
+        except Exception:  # the primary is served: its shadow must never fail it
+            log.exception("shadow dispatch failed for request %s", ctx.call.request_id)
 
     # -- failures and records ---------------------------------------------------------
     def _failed(

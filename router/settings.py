@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path("~/.lora-router")
@@ -52,7 +52,23 @@ class Settings(BaseSettings):
 
     # flags
     flags_resync_s: float = Field(default=5.0, gt=0)
-    flags_ack_timeout_s: float = Field(default=10.0, gt=0)
+    flags_ack_timeout_s: float = Field(default=10.0, gt=0)  # replicas' load acks (two-phase)
+    flags_apply_timeout_s: float = Field(default=5.0, gt=0)  # a change waits this long for
+    # every replica to report it applied (the answer says which are still pending)
+    # how long an adapter loaded for a not-yet-committed change is kept before a reconcile
+    # may unload it; default 2 * flags_ack_timeout_s + 5
+    flags_load_grace_s: float | None = Field(default=None, gt=0)
+    replica_ttl_s: float = Field(default=5.0, gt=0)  # heartbeat expiry: a dead replica's
+    replica_heartbeat_s: float = Field(default=1.0, gt=0)  # load answer is not waited for
+    public_url: str | None = None  # this gateway's URL in its replica record (default host:port)
+    # admin API: when set, /admin/* requires "Authorization: Bearer <token>"
+    admin_token: SecretStr | None = None
+    # Python's GIL switch interval for `serve`: the flag listener thread otherwise waits up
+    # to the default 5 ms for the GIL while the loop and the engine are busy
+    switch_interval_s: float = Field(default=0.0005, gt=0, le=0.1)
+
+    # shadow copies: at most this many in flight (0 disables shadow copies)
+    shadow_max_inflight: int = Field(default=8, ge=0)
 
     # inference log
     log_batch_size: int = Field(default=256, ge=1)
@@ -83,6 +99,33 @@ class Settings(BaseSettings):
         if not v.startswith(("postgresql://", "postgres://")):
             raise ValueError("DATABASE_URL must be a postgresql:// URL (unset = embedded SQLite)")
         return v
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> Settings:
+        if self.replica_heartbeat_s >= self.replica_ttl_s:
+            raise ValueError(
+                f"replica_heartbeat_s ({self.replica_heartbeat_s}) must be shorter than "
+                f"replica_ttl_s ({self.replica_ttl_s}), or replicas expire between beats"
+            )
+        return self
+
+    @property
+    def load_grace_s(self) -> float:
+        """Protection of adapters loaded for a change that has not committed yet."""
+        if self.flags_load_grace_s is not None:
+            return self.flags_load_grace_s
+        return 2 * self.flags_ack_timeout_s + 5.0
+
+    @property
+    def own_url(self) -> str | None:
+        if self.public_url:
+            return self.public_url
+        return f"http://{self.host}:{self.port}" if self.port else None
 
     @property
     def routes_path(self) -> Path:

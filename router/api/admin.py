@@ -7,22 +7,54 @@ header, else ``"api"``. Errors go through the app's ``LoraRouterError`` handler 
 version conflict or a refused change, 404 for an unknown route or adapter).
 
 The app provides the service on ``app.state.route_service`` (built in its lifespan).
+
+Authentication: when the app has an admin token (``LORA_ROUTER_ADMIN_TOKEN``, kept on
+``app.state.admin_token``), every ``/admin`` endpoint, reads included, requires
+``Authorization: Bearer <token>`` (401 ``unauthorized`` otherwise). Reads are protected too:
+the audit names people and their reasons, and one rule is easier to reason about than two.
+Without a token the admin API is open (bind it to a private interface).
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from registry.errors import LoraRouterError
 from router.flags.service import RouteService
 from router.flags.state import RouteState
 from router.flags.views import AuditOut, ChangeOut, RoutesOut, StoreOut
 
 ACTOR_HEADER = "x-lora-router-actor"
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+
+class AdminUnauthorized(LoraRouterError):
+    """An /admin call without the right bearer token, while the gateway has one set."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+async def require_admin(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    token: SecretStr | None = getattr(request.app.state, "admin_token", None)
+    if token is None:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise AdminUnauthorized(
+            "the admin API requires 'Authorization: Bearer <token>' "
+            "(the gateway's LORA_ROUTER_ADMIN_TOKEN)"
+        )
+    if not secrets.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        raise AdminUnauthorized("invalid admin token")
+
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
 async def get_route_service(request: Request) -> RouteService:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from adapters.engine import Engine
 from adapters.residency import Residency
 from registry.home import Home
+from router.flags.runtime import FlagsRuntime
 from router.flags.store import RouteStore
 from router.schemas import ChatCompletionRequest, CompletionRequest
 from router.service import CompletionService
@@ -35,6 +36,7 @@ class Components:
     residency: Residency
     service: CompletionService
     base_verified: bool
+    flags: FlagsRuntime | None = None  # replica membership and the reconciler
 
 
 async def get_components(request: Request) -> Components:

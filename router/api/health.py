@@ -1,8 +1,12 @@
-"""Liveness and readiness.
+"""Liveness, readiness and metrics.
 
 ``GET /healthz``: the process answers. ``GET /readyz``: the base is loaded and its hash
-verified, and every adapter some route references is resident; 503 with the same JSON
-detail otherwise.
+verified, every adapter some route references is resident, and (Redis mode) this replica is
+registered with the other replicas; 503 with the same JSON detail otherwise. The detail
+shows the replica (id, registered), the adapters (referenced, resident, missing) and the
+route store's connection and snapshot staleness. A Redis outage alone does not make the
+gateway unready: it serves its last-known routes (fail-static) and says how stale they are.
+``GET /metrics``: Prometheus text format (default registry).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import to_json
 from starlette.responses import Response
 
@@ -25,20 +30,26 @@ async def healthz() -> Response:
 
 
 def readiness(c: Components) -> dict[str, Any]:
-    """The readiness detail: base, adapters (referenced, resident, missing), route store."""
-    referenced = c.residency.referenced(c.store.all())
+    """The readiness detail: base, replica, adapters, route store."""
+    states = c.store.all()
+    referenced = c.residency.referenced(states)
     resident = set(c.engine.resident_adapters())
     missing = sorted(referenced - resident)
     health = c.store.health()
     base = c.engine.base
+    replica = c.flags.status() if c.flags is not None else None
+    registered = replica is None or bool(replica["registered"])
     return {
-        "ready": c.base_verified and not missing,
+        "ready": c.base_verified and not missing and registered,
         "base": {"name": base.name, "sha256": base.sha256, "verified": c.base_verified,
                  "device": base.device},
+        "replica": replica,
         "adapters": {"referenced": sorted(referenced), "resident": sorted(resident),
                      "missing": missing},
-        "routes": {"count": len(c.store.all()), "backend": health.backend,
-                   "connected": health.connected, "snapshot_age_s": health.age_s()},
+        "routes": {"count": len(states), "backend": health.backend,
+                   "connected": health.connected, "snapshot_age_s": health.age_s(),
+                   "last_sync_at": health.last_sync_at.isoformat()
+                   if health.last_sync_at else None},
     }
 
 
@@ -51,3 +62,8 @@ async def readyz(request: Request) -> Response:
         detail = readiness(components)
     return Response(to_json(detail), status_code=200 if detail["ready"] else 503,
                     media_type=JSON)
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

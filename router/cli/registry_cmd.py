@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 import yaml
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 
 from registry import hf_export, integrity, lifecycle, lineage, service
 from registry.cards import DataSource, LifecycleStatus, RunManifest, Splits
+from registry.errors import AdapterReferenced
 from registry.home import Home
 from router.cli.common import CliError, HomeOpt, console, friendly_errors, load_settings
 from router.cli.registry_views import (
@@ -45,13 +47,28 @@ def _home(home: Path | None) -> Home:
 
 
 def _routes(home: Path | None) -> service.Routes:
-    """The routes now: the routes file, overlaid with the live state in Redis when
-    ``REDIS_URL`` is set (a route in Redis wins, as when the gateway seeds the store)."""
+    return _routes_in_force(home)[0]
+
+
+def _routes_in_force(home: Path | None) -> tuple[service.Routes, str]:
+    """The routes in force, and where they were read: the routes file, overlaid with the
+    state in Redis when ``REDIS_URL`` is set (a route in Redis wins; one only in the file is
+    what a gateway seeds into Redis at start). Redis unreachable: ``FlagStoreUnavailable``."""
     settings = load_settings(home)
     routes = dict(service.load_routes(Home.at(settings.home), path=settings.routes_path))
+    source = str(settings.routes_path)
     if settings.redis_url:
         routes.update(asyncio.run(_redis_routes(settings)))
-    return routes
+        source = f"Redis at {_redacted(settings.redis_url)} and {source}"
+    return routes, source
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 async def _redis_routes(settings: Settings) -> dict[str, RouteState]:
@@ -263,8 +280,13 @@ def retire_cmd(
     by: ByOpt = "cli",
     home: HomeOpt = None,
 ) -> None:
-    """Retire an adapter for good; refused while a route or card references it."""
-    card = lifecycle.retire(_home(home), adapter_id, reason, by, routes=_routes(home))
+    """Retire an adapter for good; refused while a route (live, canary, shadow, rollback
+    target: in Redis when REDIS_URL is set) or a model card references it."""
+    routes, source = _routes_in_force(home)
+    try:
+        card = lifecycle.retire(_home(home), adapter_id, reason, by, routes=routes)
+    except AdapterReferenced as exc:
+        raise CliError(f"{exc} (routes read from {source})") from exc
     console.print(f"{card.id}: retired ({reason})")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,7 @@ import typer
 
 from adapters.base_pin import verify_base
 from registry.home import Home
+from registry.integrity import verify_adapter
 from router.cli.common import HomeOpt, console, friendly_errors, load_settings
 from router.flags.state import load_routes_file
 
@@ -23,17 +25,30 @@ def serve(
         typer.Option("--routes", help="Initial route table. Default: <home>/routes.yaml."),
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    replica_id: Annotated[
+        str | None,
+        typer.Option("--replica-id", help="This replica's id in Redis. Default: hostname-pid."),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible gateway for a home (base, adapters, routes)."""
     import uvicorn
 
     from router.app import create_app
 
-    settings = load_settings(home, host=host, port=port, routes_file=routes)
-    # Checked here so that a missing/changed base or a bad routes file is one clean line,
-    # not a lifespan traceback from uvicorn (the lifespan verifies again).
-    lock = verify_base(Home.at(settings.home))
-    load_routes_file(settings.routes_path)
+    settings = load_settings(
+        home, host=host, port=port, routes_file=routes, replica_id=replica_id
+    )
+    # Checked here so that a missing/changed base, a bad routes file or a tampered adapter
+    # is one clean line, not a lifespan traceback from uvicorn (the lifespan checks again).
+    home_ = Home.at(settings.home)
+    lock = verify_base(home_)
+    states = load_routes_file(settings.routes_path)
+    if settings.redis_url is None:  # embedded, the routes file is what will be served
+        for adapter_id in sorted({a for s in states.values() for a in s.referenced_adapters()}):
+            verify_adapter(home_, adapter_id)
+    # The flag listener thread must get the GIL promptly while the loop and the engine's
+    # worker thread are busy (default switch interval: 5 ms per wait).
+    sys.setswitchinterval(settings.switch_interval_s)
     console.print(
         f"serving base [bold]{lock.name}[/bold] ({lock.sha256[:12]}) from {settings.home} "
         f"on http://{settings.host}:{settings.port}",

@@ -1,5 +1,8 @@
 """How the CLI reaches the route operations: a running gateway (HTTP) or Redis directly.
 
+Over HTTP the admin token (``LORA_ROUTER_ADMIN_TOKEN``, the same setting the gateway reads)
+is sent as ``Authorization: Bearer``.
+
 Both clients return the admin API's wire shapes (:mod:`router.flags.views`), so the CLI
 renders one thing. Over HTTP, the gateway's error codes come back as the same
 ``LoraRouterError`` subclasses (a 409 ``version_conflict`` is a ``VersionConflict``).
@@ -18,6 +21,7 @@ from registry.errors import ConfigError, LoraRouterError
 from registry.home import Home
 from router.flags.factory import home_known_adapters, open_route_store
 from router.flags.replicas import ReplicaRegistry
+from router.flags.runtime import registry_hooks
 from router.flags.service import RouteService
 from router.flags.state import RouteState
 from router.flags.views import AuditOut, ChangeOut, RoutesOut, StoreOut
@@ -114,7 +118,10 @@ async def open_client(
 ) -> AsyncIterator[FlagsClient]:
     """HTTP when ``url`` is given; else Redis directly (``REDIS_URL``), seeding new routes."""
     if url:
-        async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as http:
+        headers = {}
+        if settings.admin_token is not None:  # LORA_ROUTER_ADMIN_TOKEN, as the gateway's
+            headers["Authorization"] = f"Bearer {settings.admin_token.get_secret_value()}"
+        async with httpx.AsyncClient(base_url=url, timeout=timeout_s, headers=headers) as http:
             yield HttpClient(http, actor)
         return
     if not settings.redis_url:
@@ -129,11 +136,16 @@ async def open_client(
         )
         try:
             registry = ReplicaRegistry(redis)
+            home = Home.at(settings.home)
+            on_commit, default_rollback = registry_hooks(home, store)
             service = RouteService(
                 store,
-                known_adapters=home_known_adapters(Home.at(settings.home)),
+                known_adapters=home_known_adapters(home),
                 prepare=registry.load_gate(settings.flags_ack_timeout_s),
                 replicas=registry,
+                apply_timeout_s=settings.flags_apply_timeout_s,
+                on_commit=on_commit,
+                default_rollback=default_rollback,
             )
             yield ServiceClient(service, actor)
         finally:

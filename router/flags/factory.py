@@ -11,7 +11,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from registry.errors import RegistryError
+from registry.errors import LoraRouterError
 from registry.home import Home
 from registry.store import RegistryStore
 from router.flags.memory import MemoryRouteStore
@@ -35,21 +35,22 @@ def build_route_store(settings: Settings, *, replica_id: str | None = None) -> R
 
 
 def home_known_adapters(home: Home) -> Callable[[], set[str]]:
-    """Adapters a route may name: a directory or a model card in the home, not retired."""
+    """Adapters a route may name: registered (a model card in the home) and not retired.
+
+    An adapter directory without a model card is not routable: the gateway refuses to load
+    it (``registry.integrity.verify_adapter``), so a route must not point at it either.
+    """
     registry = RegistryStore(home)
 
     def known() -> set[str]:
-        ids = set(home.list_adapter_ids()) | set(registry.list_model_ids())
-        retired = set()
-        for adapter_id in ids:
-            if not registry.has_model_card(adapter_id):
-                continue
+        out = set()
+        for adapter_id in registry.list_model_ids():
             try:
-                if registry.get_model_card(adapter_id).status == "retired":
-                    retired.add(adapter_id)
-            except RegistryError:
-                retired.add(adapter_id)  # an unreadable card is not a safe route target
-        return ids - retired
+                if registry.get_model_card(adapter_id).status != "retired":
+                    out.add(adapter_id)
+            except LoraRouterError:
+                continue  # an unreadable card is not a safe route target
+        return out
 
     return known
 

@@ -10,21 +10,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import redis.asyncio as aredis
 
 from registry.errors import LoraRouterError
-from router.flags import keys
+from router.flags import keys, metrics
 from router.flags.listener import NETWORK_ERRORS
 from router.flags.replicas import LoadAck, LoadFn, LoadRequest, ReplicaInfo
 
 log = logging.getLogger(__name__)
 
 _ACK_TTL_S = 60
+_STOP_WAIT_S = 10.0
+
+
+async def _stop_task(task: asyncio.Task[None], what: str) -> None:
+    """Cancel ``task`` and wait for it, bounded: a cancellation swallowed inside a Redis
+    call (seen with redis-py's socket timeouts on Python 3.11) must not hang shutdown; the
+    loops also check their stop flag."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=_STOP_WAIT_S)
+    if not done:
+        log.warning("%s did not stop within %.0f s; abandoned", what, _STOP_WAIT_S)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("%s ended with %r", what, task.exception())
 
 
 class ReplicaMember:
-    """Keeps this replica registered (heartbeat key with a TTL) until :meth:`stop`."""
+    """Keeps this replica registered (heartbeat key with a TTL) until :meth:`stop`.
+
+    ``ready()`` (optional) is checked before each beat: while it is false (a referenced
+    adapter is not resident, e.g. after a reconnect that brought a change) the replica
+    withdraws its presence key, so writers neither count nor wait for it, and it beats
+    again once ready. ``registered`` tells ``/readyz``.
+    """
 
     def __init__(
         self,
@@ -33,24 +54,30 @@ class ReplicaMember:
         *,
         ttl_s: float = 5.0,
         interval_s: float = 1.0,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self._client = client
         self.info = info
         self._ttl_ms = int(ttl_s * 1000)
         self._interval_s = interval_s
+        self._ready = ready
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.registered = False  # counted by writers (last beat sent, not withdrawn)
+        self.last_beat_at: datetime | None = None
 
     async def start(self) -> None:
         await self.beat()
+        self._set_registered(True)
         self._task = asyncio.create_task(self._run(), name=f"replica-heartbeat-{self.info.id}")
 
     async def stop(self) -> None:
         """Deregister at once (a crashed replica instead expires after ``ttl_s``)."""
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await _stop_task(self._task, f"replica {self.info.id} heartbeat")
             self._task = None
+        self._set_registered(False)
         with contextlib.suppress(*NETWORK_ERRORS):
             rid = self.info.id
             await self._client.delete(
@@ -67,6 +94,7 @@ class ReplicaMember:
         pipe.pexpire(keys.applied_key(rid), self._ttl_ms * 10)
         pipe.pexpire(keys.resident_key(rid), self._ttl_ms * 10)
         await pipe.execute()
+        self.last_beat_at = datetime.now(UTC)
 
     async def set_resident(self, adapters: set[str]) -> None:
         rid = self.info.id
@@ -77,12 +105,38 @@ class ReplicaMember:
         await pipe.execute()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._interval_s)
             try:
-                await self.beat()
+                await self.refresh()
             except NETWORK_ERRORS as exc:
                 log.warning("replica %s: heartbeat failed: %s", self.info.id, exc)
+
+    async def refresh(self) -> None:
+        """Beat now if ready, else withdraw (also called when residency changed, so a
+        replica that caught up is counted again without waiting for the next beat)."""
+        if self._task is None or self._stopping:
+            return  # not started, or stopped
+        if self._ready is None or self._ready():
+            await self.beat()
+            self._set_registered(True)
+        elif self.registered:
+            await self._withdraw()
+
+    async def _withdraw(self) -> None:
+        """Stop being counted (presence key gone) until ``ready`` holds again."""
+        log.warning(
+            "replica %s: a referenced adapter is not resident; withdrawn until it is",
+            self.info.id,
+        )
+        await self._client.delete(keys.replica_key(self.info.id))
+        self._set_registered(False)
+
+    def _set_registered(self, value: bool) -> None:
+        if value and not self.registered:
+            log.info("replica %s registered", self.info.id)
+        self.registered = value
+        metrics.REPLICA_REGISTERED.set(1 if value else 0)
 
 
 class LoadResponder:
@@ -98,6 +152,7 @@ class LoadResponder:
         self._load = load
         self._pubsub: aredis.client.PubSub | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -105,10 +160,9 @@ class LoadResponder:
         self._task = asyncio.create_task(self._run(), name=f"load-responder-{self.replica_id}")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await _stop_task(self._task, f"replica {self.replica_id} load responder")
             self._task = None
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -116,7 +170,7 @@ class LoadResponder:
 
     async def _run(self) -> None:
         assert self._pubsub is not None
-        while True:
+        while not self._stopping:
             try:
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=1.0

@@ -27,3 +27,28 @@ FLAGS_WRITES = Counter(
     "Route-state writes attempted by this process, by outcome.",
     ["outcome"],  # ok | conflict | unavailable
 )
+
+# residency (adapters/residency.py, router/flags/reconciler.py)
+ADAPTERS_RESIDENT = Gauge(
+    "lora_router_adapters_resident",
+    "Adapters resident in this process's engine.",
+)
+ADAPTER_LOADS = Counter(
+    "lora_router_adapter_loads_total",
+    "Adapter loads attempted by the residency keeper, by outcome.",
+    ["outcome"],  # ok | refused (registry: integrity, no card, retired) | error
+)
+ADAPTER_UNLOADS = Counter(
+    "lora_router_adapter_unloads_total",
+    "Adapters unloaded (after draining) because no route references them, by outcome.",
+    ["outcome"],  # ok | error
+)
+RECONCILES = Counter(
+    "lora_router_reconciles_total",
+    "Residency reconciles run after applied route changes, by outcome.",
+    ["outcome"],  # ok | failed (a referenced adapter could not be loaded)
+)
+REPLICA_REGISTERED = Gauge(
+    "lora_router_replica_registered",
+    "1 while this gateway replica is registered (heartbeat) in Redis as serving.",
+)

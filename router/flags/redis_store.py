@@ -119,9 +119,7 @@ class RedisRouteStore(RouteStore):
         if self._put is None:
             raise FlagStoreUnavailable("route store is not started")
         try:
-            ok, found = await self._put(
-                keys=scripts.script_keys(new.route), args=scripts.script_args(new, action)
-            )
+            ok, found = await self._write(new, action)
         except NETWORK_ERRORS as exc:
             metrics.FLAGS_WRITES.labels("unavailable").inc()
             raise FlagStoreUnavailable(f"route store: cannot write to Redis: {exc}") from exc
@@ -137,6 +135,31 @@ class RedisRouteStore(RouteStore):
         if self._snapshot.apply(new):  # read-your-writes in this process
             metrics.FLAGS_APPLIED.labels("local").inc()
         return new
+
+    async def _write(self, new: RouteState, action: str) -> tuple[int, int]:
+        """Run the compare-and-set script; after a network error, retry once on fresh
+        connections unless the first attempt landed.
+
+        A Redis restart leaves every pooled connection dead, and the client (redis-py's
+        default: no retries) would fail the first write after Redis is back. Retrying
+        blindly is not safe for a write that may have been applied before the connection
+        broke, so the retry first reads back the route: our exact state there means it
+        landed.
+        """
+        assert self._client is not None
+        route_keys, args = scripts.script_keys(new.route), scripts.script_args(new, action)
+        try:
+            ok, found = await self._put(keys=route_keys, args=args)
+            return int(ok), int(found)
+        except NETWORK_ERRORS as exc:
+            log.info("route store: write of %s failed (%s); retrying on a fresh connection",
+                     new.route, exc)
+            await self._client.connection_pool.disconnect()
+        raw = await self._client.hget(keys.ROUTES, new.route)
+        if raw and RouteState.model_validate_json(raw) == new:
+            return 1, new.version
+        ok, found = await self._put(keys=route_keys, args=args)
+        return int(ok), int(found)
 
     async def audit(self, route: str, limit: int = 1000) -> list[AuditEntry]:
         client = self._require_client()

@@ -144,7 +144,9 @@ class ReplicaRegistry:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(keys.APPLIED_CHANNEL)
-            yield AppliedWatch(self, pubsub, route)
+            # read who is live before the write, so that after the write's ack the wait
+            # only reads the reports already buffered (no round trips on the timed path)
+            yield AppliedWatch(self, pubsub, route, await self.live())
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -193,31 +195,53 @@ class AppliedWatch:
 
     _REFRESH_S = 0.1  # re-read presence and applied versions (heals a missed report)
 
-    def __init__(self, registry: ReplicaRegistry, pubsub: aredis.client.PubSub, route: str):
+    def __init__(
+        self,
+        registry: ReplicaRegistry,
+        pubsub: aredis.client.PubSub,
+        route: str,
+        live: list[str],
+    ):
         self._registry = registry
         self._pubsub = pubsub
         self._route = route
+        self._live = live  # the live replicas when the watch opened (before the write)
 
     async def wait(self, version: int, *, since: float, timeout_s: float) -> ApplyReport:
-        """``since``: ``time.perf_counter()`` at the write's acknowledgement."""
+        """``since``: ``time.perf_counter()`` at the write's acknowledgement.
+
+        Counts the applied reports against the replicas that were live before the write;
+        when none is pending it confirms once with the registry (a replica that joined
+        meanwhile, or a report missed), and the time is taken when the last report arrived.
+        """
         deadline = since + timeout_s
+        live, pending = list(self._live), set(self._live)
+        done_at: float | None = None
         try:
-            live, pending = await self._pending(version)
             refresh_at = time.perf_counter() + self._REFRESH_S
-            while pending and (now := time.perf_counter()) < deadline:
+            while (now := time.perf_counter()) < deadline:
+                if not pending:
+                    done_at = done_at if done_at is not None else now
+                    live, pending = await self._pending(version)
+                    if not pending:
+                        break
+                    done_at = None
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=min(0.05, deadline - now)
                 )
                 if message is not None and message["type"] == "message":
                     self._on_report(message["data"], version, pending)
+                    if not pending:
+                        done_at = time.perf_counter()
                 if pending and time.perf_counter() >= refresh_at:
                     live, pending = await self._pending(version)
                     refresh_at = time.perf_counter() + self._REFRESH_S
         except NETWORK_ERRORS as exc:
             log.warning("waiting for replicas to apply %s v%s: %s", self._route, version, exc)
             return ApplyReport(version, None, [], [])
-        elapsed = None if pending else (time.perf_counter() - since) * 1e3
-        return ApplyReport(version, elapsed, live, sorted(pending))
+        if pending or done_at is None:
+            return ApplyReport(version, None, live, sorted(pending))
+        return ApplyReport(version, (done_at - since) * 1e3, live, [])
 
     async def _pending(self, version: int) -> tuple[list[str], set[str]]:
         live = await self._registry.live()

@@ -9,6 +9,8 @@ long until every replica applied it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,9 +30,13 @@ from router.flags.replicas import AppliedWatch, ApplyReport, ReplicaRegistry
 from router.flags.state import RouteState, Split
 from router.flags.store import AuditEntry, RouteStore
 
+log = logging.getLogger(__name__)
+
 PrepareFn = Callable[[set[str]], Awaitable[None]]
 KnownAdapters = Callable[[], set[str]]
 Build = Callable[[RouteState], dict[str, Any]]
+OnCommit = Callable[[RouteState | None, RouteState], None]
+DefaultRollback = Callable[[str], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,14 @@ class RouteService:
     awaited before a change that adds adapters is committed and raises
     ``RouteChangeRefused`` to stop it. With a ``replicas`` registry, each change waits up
     to ``apply_timeout_s`` for every live replica to report the new version.
+
+    Hooks: ``on_commit(before, after)`` is called (in a worker thread) after each change
+    committed through this service, once the replicas' apply wait is over; its exceptions
+    are logged, never fail the change. :meth:`seed` does not call it: seeding is the
+    config at start, run by every replica, not a change someone made.
+    ``default_rollback(adapter_id)`` names the rollback target the registry's model card
+    records for an adapter (or None): :meth:`rollback` uses it when the route has no
+    rollback target, and :meth:`seed` fills in routes that name none.
     """
 
     def __init__(
@@ -63,12 +77,55 @@ class RouteService:
         prepare: PrepareFn | None = None,
         replicas: ReplicaRegistry | None = None,
         apply_timeout_s: float = 5.0,
+        on_commit: OnCommit | None = None,
+        default_rollback: DefaultRollback | None = None,
     ) -> None:
         self.store = store
         self._known = known_adapters
         self._prepare = prepare
         self._replicas = replicas
         self._apply_timeout_s = apply_timeout_s
+        self._on_commit = on_commit
+        self._default_rollback = default_rollback
+
+    async def seed(self, states: dict[str, RouteState]) -> None:
+        """Create the routes of ``states`` that do not exist yet (the routes file at start);
+        a route naming no rollback target gets its live adapter's card default."""
+        new = {r: s for r, s in states.items() if self.store.get(r) is None}
+        filled = {r: self._with_default_rollback(s) for r, s in new.items()}
+        await self.store.seed(filled)
+
+    def _with_default_rollback(self, state: RouteState) -> RouteState:
+        if state.rollback_target is not None:
+            return state
+        target = self._card_rollback(state.live)
+        if target is None:
+            return state
+        return state.model_copy(update={"rollback_target": target})
+
+    def _card_rollback(self, adapter_id: str) -> str | None:
+        if self._default_rollback is None:
+            return None
+        try:
+            target = self._default_rollback(adapter_id)
+        except Exception:  # the registry is advice here; a broken card must not block
+            log.exception("default rollback target of %s unavailable", adapter_id)
+            return None
+        if target is None or target == adapter_id:
+            return None
+        if self._known is not None and target not in self._known():
+            log.warning("model card of %s names rollback target %s, which is unknown or "
+                        "retired; ignored", adapter_id, target)
+            return None
+        return target
+
+    def _notify(self, before: RouteState | None, after: RouteState) -> None:
+        if self._on_commit is None:
+            return
+        try:
+            self._on_commit(before, after)
+        except Exception:  # bookkeeping after the fact never fails the change
+            log.exception("on_commit hook failed for %s v%s", after.route, after.version)
 
     # reads
     def routes(self) -> list[RouteState]:
@@ -86,8 +143,17 @@ class RouteService:
 
     # changes
     async def rollback(self, route: str, *, actor: str, reason: str, **kw: Any) -> ChangeResult:
-        """Abort a canary/shadow if one is set (live stays); else live := rollback target."""
-        return await self._change(route, "rollback", _rollback, actor, reason, **kw)
+        """Abort a canary/shadow if one is set (live stays); else live := rollback target
+        (the route's, else the live adapter's model card default)."""
+
+        def build(cur: RouteState) -> dict[str, Any]:
+            if cur.rollback_target is None and cur.canary is None and cur.shadow is None:
+                target = self._card_rollback(cur.live)
+                if target is not None:
+                    return {"live": target, "rollback_target": None}
+            return _rollback(cur)
+
+        return await self._change(route, "rollback", build, actor, reason, **kw)
 
     async def canary(
         self, route: str, adapter: str, percent: float, *, actor: str, reason: str, **kw: Any
@@ -160,6 +226,8 @@ class RouteService:
                 applied = await watch.wait(
                     committed.version, since=t2, timeout_s=self._apply_timeout_s
                 )
+        if self._on_commit is not None:  # after the wait: it must not delay the flip
+            await asyncio.to_thread(self._notify, current, committed)
         return ChangeResult(committed, action, (t1 - t0) * 1e3, (t2 - t1) * 1e3, applied)
 
     def _check_known(self, adapters: set[str]) -> None:

@@ -27,26 +27,35 @@ from tests.flags.conftest import make_state
 ADAPTERS = ["support@v0", "support@v1", "support@v2", "support@v3"]
 
 
-def make_home(root: Path, adapters: list[str] = ADAPTERS) -> Home:
+def make_home(
+    root: Path, adapters: list[str] = ADAPTERS, unregistered: tuple[str, ...] = ()
+) -> Home:
+    """Adapter directories with a model card each (routes may only name registered
+    adapters), plus ``unregistered`` ones that have a directory but no card."""
     home = Home.at(root)
-    for adapter_id in adapters:
+    for adapter_id in [*adapters, *unregistered]:
         d = home.adapter_dir(adapter_id)
         d.mkdir(parents=True)
         (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+        if adapter_id in adapters:
+            RegistryStore(home).put_model_card(card_for(adapter_id))
     return home
 
 
-def retire(home: Home, adapter_id: str) -> None:
-    card = ModelCard(
+def card_for(adapter_id: str, **kw: object) -> ModelCard:
+    return ModelCard(
         id=adapter_id,
         base_model=BaseModelRef(name="tiny", version="1", hash="sha256:0"),
         method=Method(r=4, alpha=8),
         trained_on="ds@1",
         run_manifest="run-1",
         intended_use="tests",
-        status="retired",
+        **kw,  # type: ignore[arg-type]
     )
-    RegistryStore(home).put_model_card(card)
+
+
+def retire(home: Home, adapter_id: str) -> None:
+    RegistryStore(home).put_model_card(card_for(adapter_id, status="retired"))
 
 
 @pytest.fixture
@@ -123,6 +132,17 @@ async def test_changes_are_validated(service: RouteService, tmp_path: Path) -> N
     with pytest.raises(AdapterNotFound):
         await service.canary("support", "support@v2", 10, actor="a", reason="r")
     assert service.show("support").version == 1
+
+
+async def test_an_adapter_without_a_model_card_is_not_routable(
+    store: RouteStore, tmp_path: Path
+) -> None:
+    await store.seed({"support": make_state()})
+    home = make_home(tmp_path, ["support@v1"], unregistered=("support@v2",))
+    service = RouteService(store, known_adapters=home_known_adapters(home))
+    with pytest.raises(AdapterNotFound, match="support@v2"):
+        await service.set_live("support", "support@v2", actor="a", reason="r")
+    assert service.show("support").live == "support@v1"
 
 
 async def test_expected_version_guards_a_stale_client(service: RouteService) -> None:

@@ -1,0 +1,310 @@
+"""How fast a route flip reaches every gateway replica under load, and what it costs requests.
+
+Starts a throwaway ``redis-server`` (or uses ``--redis-url``), ``--replicas`` ``lora-router
+serve`` processes in Redis mode (each on a private copy of ``--home``, so nothing is written
+into it), and closed-loop load over all of them from a separate process
+(:mod:`bench.cluster`). Then it performs ``--flips`` route changes through the same service
+the CLI's direct mode uses (``RouteService`` over Redis, with the replica registry and the
+two-phase load gate), ``--interval-ms`` apart, alternating:
+
+- ``--mode rollback`` (default): ``set-live B`` (B goes live, A becomes the rollback
+  target, every replica loads B first if it is not resident), then ``rollback`` (A live
+  again; B is no longer referenced and is unloaded after its in-flight requests drain);
+- ``--mode set-live``: ``set-live B`` / ``set-live A`` (both stay resident).
+
+Figures, per flip:
+
+- **propagation**: from the write's acknowledgement (the compare-and-set returned) to the
+  last live replica reporting it applied the new version (``ApplyReport.elapsed_ms``, what
+  the CLI prints; it includes the writer learning of the last report). An independent
+  measure beside it, **replica-stamped**: the latest of the replicas' own wall-clock stamps
+  in their applied reports (taken just after each applied it) minus the wall-clock time of
+  the ack, which leaves out the writer's side.
+- **write**: the compare-and-set round trip (``commit_ms``); **prepare**: the two-phase load
+  before it (only for flips that add an adapter).
+- **first response**: from the ack to the first response served under the new version by
+  its live adapter (this includes one request's latency).
+- **failed requests**: any non-200 or transport error, over the whole run.
+- **stale after propagation**: requests *sent* after a flip's propagation completed that
+  were routed under an older version or served by another adapter than their version's
+  live; the stricter per-replica count uses each replica's own applied report instead.
+
+Percentiles are nearest-rank (with 50 flips, p99 is the maximum). Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.cluster import (  # noqa: E402
+    ROUTE,
+    AppliedRecorder,
+    Cluster,
+    LoadGen,
+    Record,
+    open_writer,
+    violations,
+)
+
+
+@dataclass
+class Flip:
+    action: str
+    version: int
+    live: str
+    acked: float  # monotonic
+    acked_wall: float  # time.time()
+    done: float  # monotonic: ack + ApplyReport.elapsed (or when the wait gave up)
+    prepare_ms: float
+    commit_ms: float
+    propagation_ms: float | None  # ApplyReport.elapsed_ms
+    pending: list[str]
+    replicas: int
+    arrivals: dict[int, float] = field(default_factory=dict)  # gateway -> report seen here
+    stamps: dict[int, float] = field(default_factory=dict)  # gateway -> its applied stamp
+
+    def stamped_ms(self, n: int) -> float | None:
+        if len(self.stamps) < n:
+            return None
+        return (max(self.stamps.values()) - self.acked_wall) * 1e3
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (None for no values)."""
+    if not values:
+        return None
+    xs = sorted(values)
+    return round(xs[max(0, math.ceil(q / 100 * len(xs)) - 1)], 3)
+
+
+def other_adapter(home: Path, route: str, live: str, wanted: str | None) -> str:
+    from registry.home import Home
+    from router.flags.factory import home_known_adapters
+
+    if wanted:
+        return wanted
+    name = live.split("@", 1)[0]
+    known = sorted(a for a in home_known_adapters(Home.at(home))()
+                   if a.split("@", 1)[0] == name and a != live)
+    if not known:
+        raise SystemExit(f"no other registered adapter of {name} to flip {route} to")
+    return known[0]
+
+
+async def do_flip(service: Any, args: argparse.Namespace, i: int, a: str, b: str) -> Flip:
+    reason = f"bench flip {i}"
+    if i % 2 == 0:
+        action, result = "set-live", await service.set_live(
+            args.route, b, actor="bench", reason=reason)
+    elif args.mode == "rollback":
+        action, result = "rollback", await service.rollback(
+            args.route, actor="bench", reason=reason)
+    else:
+        action, result = "set-live", await service.set_live(
+            args.route, a, actor="bench", reason=reason)
+    returned = time.monotonic()
+    state, applied = result.state, result.applied
+    acked = service.store.acked_at[(args.route, state.version)]
+    acked_wall = service.store.acked_wall[(args.route, state.version)]
+    # a flip counts as propagated only when every replica of the cluster applied it
+    everyone = applied is not None and len(applied.replicas) >= args.replicas
+    elapsed = applied.elapsed_ms if everyone and applied is not None else None
+    return Flip(
+        action=action, version=state.version, live=state.live, acked=acked,
+        acked_wall=acked_wall,
+        done=acked + elapsed / 1e3 if elapsed is not None else returned,
+        prepare_ms=result.prepare_ms, commit_ms=result.commit_ms, propagation_ms=elapsed,
+        pending=list(applied.pending) if applied else [],
+        replicas=len(applied.replicas) if applied else 0,
+    )
+
+
+async def run_flips(args: argparse.Namespace, cluster: Cluster, work: Path
+                    ) -> tuple[list[Flip], list[Record], dict[int, str], float]:
+    assert cluster.writer_home is not None
+    async with open_writer(cluster.writer_home, cluster.redis_url) as service:
+        start = service.show(args.route)
+        a = start.live
+        b = other_adapter(cluster.writer_home, args.route, a, args.to)
+        live_of = {start.version: a}
+        with AppliedRecorder(cluster.redis_url) as recorder:
+            load = LoadGen([g.url for g in cluster.gateways], work,
+                           concurrency=args.concurrency, route=args.route,
+                           max_tokens=args.max_tokens, rps=args.rps)
+            t0 = time.monotonic()
+            flips: list[Flip] = []
+            try:
+                await asyncio.sleep(args.warmup_s)
+                for i in range(args.flips):
+                    flip = await do_flip(service, args, i, a, b)
+                    live_of[flip.version] = flip.live
+                    flips.append(flip)
+                    await asyncio.sleep(args.interval_ms / 1e3)
+                await asyncio.sleep(args.interval_ms / 1e3)
+            finally:
+                records = load.stop()
+            wall = time.monotonic() - t0
+            for flip in flips:
+                for gw in cluster.gateways:
+                    found = recorder.report(gw.replica_id, args.route, flip.version)
+                    if found is not None:
+                        flip.arrivals[gw.index], flip.stamps[gw.index] = found
+    return flips, records, live_of, wall
+
+
+def first_response_ms(flip: Flip, records: list[Record]) -> float | None:
+    times = [r.received for r in records
+             if r.ok and r.version is not None and r.version >= flip.version
+             and r.model_id == flip.live]
+    return (min(times) - flip.acked) * 1e3 if times else None
+
+
+def analyse(args: argparse.Namespace, flips: list[Flip], records: list[Record],
+            live_of: dict[int, str], wall: float) -> dict[str, Any]:
+    n = args.replicas
+    stale: set[int] = set()
+    stale_strict: set[int] = set()
+    for f in flips:
+        done = {i: f.done for i in range(n)}
+        stale |= {id(r) for r in violations(records, version=f.version, applied_at=done,
+                                            live_of=live_of)}
+        stale_strict |= {id(r) for r in violations(records, version=f.version,
+                                                   applied_at=f.arrivals, live_of=live_of)}
+    ok = [r for r in records if r.ok]
+    prop = [f.propagation_ms for f in flips if f.propagation_ms is not None]
+    stamped = [x for f in flips if (x := f.stamped_ms(n)) is not None]
+    firsts = [x for f in flips if (x := first_response_ms(f, records)) is not None]
+    rollbacks = [f.propagation_ms for f in flips
+                 if f.action == "rollback" and f.propagation_ms is not None]
+    prepares = [f.prepare_ms for f in flips if f.prepare_ms >= 0.01]
+    lat = [(r.received - r.sent) * 1e3 for r in ok]
+    return {
+        "bench": "rollback", "replicas": n, "flips": len(flips), "mode": args.mode,
+        "concurrency": args.concurrency, "target_rps": args.rps or None,
+        "requests": len(records),
+        "rps": round(len(records) / wall, 1),
+        "request_p50_ms": pct(lat, 50), "request_p99_ms": pct(lat, 99),
+        "propagation_p50_ms": pct(prop, 50), "propagation_p99_ms": pct(prop, 99),
+        "propagation_max_ms": pct(prop, 100),
+        "flips_not_applied_by_all": sum(1 for f in flips if f.propagation_ms is None),
+        "rollback_propagation_p50_ms": pct(rollbacks, 50),
+        "rollback_propagation_max_ms": pct(rollbacks, 100),
+        "replica_stamped_propagation_p50_ms": pct(stamped, 50),
+        "replica_stamped_propagation_p99_ms": pct(stamped, 99),
+        "replica_stamped_propagation_max_ms": pct(stamped, 100),
+        "write_p50_ms": pct([f.commit_ms for f in flips], 50),
+        "write_p99_ms": pct([f.commit_ms for f in flips], 99),
+        "prepare_p50_ms": pct(prepares, 50), "prepare_max_ms": pct(prepares, 100),
+        "failed_requests": len(records) - len(ok),
+        "stale_after_propagation": len(stale),
+        "stale_after_replica_applied": len(stale_strict),
+        "inconsistent_responses": sum(1 for r in ok if live_of.get(r.version or 0) != r.model_id),
+        "first_response_ms": pct(firsts, 50),
+        "first_response_p99_ms": pct(firsts, 99),
+        "first_response_max_ms": pct(firsts, 100),
+        "loadavg_1m_end": round(os.getloadavg()[0], 2),
+        "target_propagation_p99_ms": 10.0,
+    }
+
+
+def report_lines(r: dict[str, Any], flips: list[Flip]) -> list[str]:
+    actions = {a: sum(1 for f in flips if f.action == a) for a in ("set-live", "rollback")}
+    pending = sorted({rid for f in flips for rid in f.pending})
+    short = sorted({f.replicas for f in flips if f.replicas < r["replicas"]})
+    return [
+        f"{r['replicas']} replicas, {r['flips']} flips ({actions['set-live']} set-live, "
+        f"{actions['rollback']} rollback), concurrency {r['concurrency']}: {r['requests']} "
+        f"requests, {r['rps']} req/s, request p50 {r['request_p50_ms']} ms "
+        f"p99 {r['request_p99_ms']} ms",
+        f"propagation, write ack -> last replica applied (ApplyReport): "
+        f"p50 {r['propagation_p50_ms']} p99 {r['propagation_p99_ms']} "
+        f"max {r['propagation_max_ms']} ms; not applied by all: "
+        f"{r['flips_not_applied_by_all']}"
+        + (f" (pending: {', '.join(pending)})" if pending else "")
+        + (f" (replicas registered: {short})" if short else ""),
+        f"  rollbacks only: p50 {r['rollback_propagation_p50_ms']} "
+        f"max {r['rollback_propagation_max_ms']} ms",
+        f"  replica-stamped (each replica's own applied time - ack): p50 "
+        f"{r['replica_stamped_propagation_p50_ms']} p99 "
+        f"{r['replica_stamped_propagation_p99_ms']} max "
+        f"{r['replica_stamped_propagation_max_ms']} ms",
+        f"write (compare-and-set) p50 {r['write_p50_ms']} p99 {r['write_p99_ms']} ms; "
+        f"prepare (every replica loads the new adapter) p50 {r['prepare_p50_ms']} "
+        f"max {r['prepare_max_ms']} ms",
+        f"first response from the new live adapter after the ack: p50 "
+        f"{r['first_response_ms']} p99 {r['first_response_p99_ms']} "
+        f"max {r['first_response_max_ms']} ms",
+        f"failed requests {r['failed_requests']}; stale after propagation "
+        f"{r['stale_after_propagation']} (after each replica's own report: "
+        f"{r['stale_after_replica_applied']}); inconsistent {r['inconsistent_responses']}; "
+        f"load average {r['loadavg_1m_start']} before, {r['loadavg_1m_end']} after",
+    ]
+
+
+def flip_line(f: Flip) -> str:
+    stamps = " ".join(f"gw-{i}:{(t - f.acked_wall) * 1e3:.2f}" for i, t in sorted(f.stamps.items()))
+    prop = f"{f.propagation_ms:.2f}" if f.propagation_ms is not None else "-"
+    return (f"v{f.version} {f.action:8s} live={f.live} prepare {f.prepare_ms:.1f} "
+            f"write {f.commit_ms:.2f} propagation {prop} ms; replica stamps - ack: {stamps}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--home", type=Path, required=True, help="a demo home (copied, not written)")
+    p.add_argument("--replicas", type=int, default=4)
+    p.add_argument("--flips", type=int, default=50)
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="concurrent requests over all replicas (default: 2 per replica)")
+    p.add_argument("--redis-url", default=None,
+                   help="use this Redis (a dedicated db: lr:* keys are written) instead of a "
+                        "throwaway redis-server")
+    p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--rps", type=float, default=0.0,
+                   help="pace the load to this many requests/s in all (default 0: closed loop, "
+                        "every worker sends its next request at once, which saturates the CPU)")
+    p.add_argument("--mode", choices=("rollback", "set-live"), default="rollback")
+    p.add_argument("--route", default=ROUTE)
+    p.add_argument("--to", default=None, help="adapter B (default: the route's other adapter)")
+    p.add_argument("--interval-ms", type=float, default=300.0, help="pause after each flip")
+    p.add_argument("--warmup-s", type=float, default=2.0)
+    p.add_argument("--max-tokens", type=int, default=5)
+    p.add_argument("--verbose", action="store_true", help="print one line per flip")
+    args = p.parse_args()
+    args.concurrency = args.concurrency or 2 * args.replicas
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # this process's own threads (the store's listener, the applied recorder) must not hold
+    # the GIL for the default 5 ms while the writer waits for reports (`serve` does the same)
+    sys.setswitchinterval(0.0005)
+    load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews the figures
+    with tempfile.TemporaryDirectory(prefix="bench-rollback-") as tmp:
+        work = Path(tmp)
+        t0 = time.monotonic()
+        with Cluster.start(args.home.resolve(), work, replicas=args.replicas,
+                           torch_threads=args.torch_threads, redis_url=args.redis_url) as c:
+            print(f"{args.replicas} gateways ready in {time.monotonic() - t0:.1f} s "
+                  f"(Redis {c.redis_url})", flush=True)
+            flips, records, live_of, wall = asyncio.run(run_flips(args, c, work))
+    result = {**analyse(args, flips, records, live_of, wall), "loadavg_1m_start": load_before}
+    if args.verbose:
+        for f in flips:
+            print(flip_line(f))
+    for line in report_lines(result, flips):
+        print(line)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

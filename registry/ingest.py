@@ -1,0 +1,73 @@
+"""Bringing files into a home: dataset directories, LoRA configs, subject manifests.
+
+Helpers for :mod:`registry.lifecycle` (which re-exports them) and the CLI; none writes a card.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from registry.cards import Method, SubjectManifest
+from registry.errors import RegistryError
+from registry.hashing import file_hashes, salted_hash
+from registry.home import Home
+
+
+def method_from_adapter_config(adapter_dir: Path, objective: str = "sft") -> Method:
+    """The LoRA method (r, alpha, target modules) as the adapter's own config declares it."""
+    import json
+
+    path = adapter_dir / "adapter_config.json"
+    try:
+        cfg = json.loads(path.read_text())
+        targets = cfg.get("target_modules") or []
+        return Method(type="lora", r=int(cfg["r"]), alpha=float(cfg["lora_alpha"]),
+                      objective=objective,
+                      target_modules=sorted([targets] if isinstance(targets, str) else targets))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(f"{path}: not a readable LoRA adapter config: {exc}") from exc
+
+
+def import_dataset_dir(home: Home, src: Path, dataset_id: str) -> Path:
+    """Copy dataset files into ``data/<id>/`` (no-op if already there); never overwrites."""
+    dst = home.dataset_dir(dataset_id)
+    src = src.resolve()
+    if src == dst:
+        return dst
+    if not src.is_dir():
+        raise RegistryError(f"{src}: not a directory of dataset files")
+    if dst.exists():
+        if file_hashes(dst) != file_hashes(src):
+            raise RegistryError(f"{dst} already holds different files for {dataset_id}")
+        return dst
+    shutil.copytree(src, dst)
+    return dst
+
+
+def subject_manifest(
+    values: Iterable[str], *, kind: str = "customer_id", salt: str | None = None
+) -> SubjectManifest:
+    """Salted hashes of the data subjects (the values themselves are not kept)."""
+    salt = salt if salt is not None else secrets.token_hex(16)
+    hashes = sorted({salted_hash(v, salt) for v in values if str(v).strip()})
+    return SubjectManifest(kind=kind, salt=salt, hashes=hashes)
+
+
+def subjects_in_files(data_dir: Path, field: str) -> list[str]:
+    """Values of ``field`` in the JSON Lines (``.jsonl``) and CSV files under ``data_dir``."""
+    import csv
+    import json
+
+    values: set[str] = set()
+    for path in sorted(data_dir.rglob("*")):
+        if path.suffix == ".jsonl":
+            for line in path.read_text().splitlines():
+                if line.strip() and (v := json.loads(line).get(field)) is not None:
+                    values.add(str(v))
+        elif path.suffix == ".csv":
+            with path.open(newline="") as f:
+                values.update(str(r[field]) for r in csv.DictReader(f) if r.get(field))
+    return sorted(values)

@@ -1,0 +1,107 @@
+"""RouteService hooks: ``on_commit`` after each change, ``default_rollback`` from the cards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from registry.errors import RouteChangeRefused
+from registry.home import Home
+from registry.route_status import card_rollback_target
+from registry.store import RegistryStore
+from router.flags.factory import home_known_adapters
+from router.flags.runtime import registry_hooks
+from router.flags.service import RouteService
+from router.flags.state import RouteState
+from router.flags.store import RouteStore
+from tests.flags.conftest import make_state
+from tests.flags.test_route_service import card_for, make_home, retire
+
+
+async def test_on_commit_sees_before_and_after_of_each_change(
+    store: RouteStore, tmp_path: Path
+) -> None:
+    await store.seed({"support": make_state(rollback_target="support@v0")})
+    seen: list[tuple[int | None, int]] = []
+
+    def on_commit(before: RouteState | None, after: RouteState) -> None:
+        seen.append((before.version if before else None, after.version))
+
+    svc = RouteService(store, known_adapters=home_known_adapters(make_home(tmp_path)),
+                       on_commit=on_commit)
+    await svc.canary("support", "support@v2", 10, actor="a", reason="r")
+    await svc.rollback("support", actor="a", reason="r")
+    with pytest.raises(RouteChangeRefused):
+        await svc.promote("support", actor="a", reason="no canary")  # refused: no call
+    assert seen == [(1, 2), (2, 3)]
+
+
+async def test_a_failing_on_commit_never_fails_the_change(
+    store: RouteStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.seed({"support": make_state()})
+
+    def on_commit(before: RouteState | None, after: RouteState) -> None:
+        raise OSError("registry is read-only")
+
+    svc = RouteService(store, known_adapters=home_known_adapters(make_home(tmp_path)),
+                       on_commit=on_commit)
+    result = await svc.set_live("support", "support@v2", actor="a", reason="r")
+    assert result.state.version == 2 and store.get("support") == result.state
+    assert "on_commit hook failed" in caplog.text
+
+
+async def test_rollback_without_a_target_uses_the_cards_default(
+    store: RouteStore, tmp_path: Path
+) -> None:
+    await store.seed({"support": make_state(live="support@v2")})
+    home = make_home(tmp_path)
+    RegistryStore(home).put_model_card(card_for("support@v2", rollback_target="support@v1"))
+    asked: list[set[str]] = []
+
+    async def prepare(adapters: set[str]) -> None:
+        asked.append(adapters)
+
+    svc = RouteService(store, known_adapters=home_known_adapters(home), prepare=prepare,
+                       default_rollback=lambda a: card_rollback_target(home, a))
+    r = await svc.rollback("support", actor="oncall", reason="v2 is bad")
+    assert (r.state.live, r.state.rollback_target) == ("support@v1", None)
+    assert asked == [{"support@v1"}]  # the target is loaded everywhere before the flip
+    with pytest.raises(RouteChangeRefused, match="no rollback target"):
+        await svc.rollback("support", actor="oncall", reason="v1 has no default")
+
+
+async def test_seed_fills_rollback_targets_from_cards_but_keeps_explicit_ones(
+    store: RouteStore, tmp_path: Path
+) -> None:
+    home = make_home(tmp_path)
+    RegistryStore(home).put_model_card(card_for("support@v2", rollback_target="support@v1"))
+    RegistryStore(home).put_model_card(card_for("support@v3", rollback_target="support@v0"))
+    retire(home, "support@v0")  # a retired default is ignored
+    called: list[str] = []
+    svc = RouteService(store, known_adapters=home_known_adapters(home),
+                       default_rollback=lambda a: card_rollback_target(home, a),
+                       on_commit=lambda b, a: called.append(a.route))
+    await svc.seed({
+        "a": make_state("a", live="support@v2"),
+        "b": make_state("b", live="support@v2", rollback_target="support@v3"),
+        "c": make_state("c", live="support@v3"),
+    })
+    assert store.get("a").rollback_target == "support@v1"  # type: ignore[union-attr]
+    assert store.get("b").rollback_target == "support@v3"  # type: ignore[union-attr]
+    assert store.get("c").rollback_target is None  # type: ignore[union-attr]
+    assert called == []  # seeding is config, not a change: no status sync
+
+
+async def test_registry_hooks_keep_card_status_in_step(store: RouteStore, tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    await store.seed({"support": make_state(rollback_target="support@v0")})
+    on_commit, default_rollback = registry_hooks(Home.at(tmp_path), store)
+    svc = RouteService(store, known_adapters=home_known_adapters(home), on_commit=on_commit,
+                       default_rollback=default_rollback)
+    await svc.canary("support", "support@v2", 10, actor="ann", reason="try v2")
+    cards = RegistryStore(home)
+    assert cards.get_model_card("support@v2").status == "canary"
+    await svc.rollback("support", actor="oncall", reason="abort")
+    assert cards.get_model_card("support@v2").status == "registered"
