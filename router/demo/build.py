@@ -25,6 +25,7 @@ from adapters.training import TrainConfig, TrainResult, train_lora
 from registry.errors import ConfigError
 from registry.hashing import file_hashes, tree_hash
 from registry.home import Home
+from registry.route_status import sync_route_status
 from router.demo import data as D
 from router.demo.lineage import register_demo_adapter, register_demo_dataset, run_manifest
 from router.demo.progress import BuildProgress
@@ -286,3 +287,5 @@ def _write_routes(home: Home) -> None:
     state = RouteState(route=ROUTE, live=V1,
                        task=TaskSpec(type="classification", labels=LABELS))
     dump_routes_file({ROUTE: state}, home.routes_file)
+    # the live adapter's card says so, as every later route change keeps it
+    sync_route_status(home, None, state, all_states={ROUTE: state})

@@ -12,6 +12,7 @@ from adapters.base_pin import read_lock, verify_base
 from registry.errors import ConfigError
 from registry.hashing import file_hashes, salted_hash, tree_hash
 from registry.home import Home
+from registry.store import RegistryStore
 from router.demo import build as B
 from router.demo.data import read_jsonl
 from router.demo.task import LABELS, format_prompt, parse_label
@@ -133,6 +134,10 @@ def test_routes_file_validates(demo_home: Home) -> None:
     route = states[B.ROUTE]
     assert route.live == B.V1
     assert route.task.type == "classification" and route.task.labels == LABELS
+    # the live adapter's card says it is live; the other one is only registered
+    cards = RegistryStore(demo_home)
+    assert cards.get_model_card(B.V1).status == "live"
+    assert cards.get_model_card(B.V2).status == "registered"
 
 
 def test_build_is_idempotent(demo_home: Home) -> None:
