@@ -14,18 +14,18 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import uvicorn
-import yaml
 
 from adapters.engine import Engine
-from registry.home import Home
 from router.app import create_app
 from router.service import Recorder
 from router.settings import Settings
 from router.shadow import BackgroundShadow
+from tests.api.conftest import adapter_ids, write_routes
+
+__all__ = ["LiveGateway", "adapter_ids", "live_gateway", "shadow_factory", "write_routes"]
 
 ShadowFactory = Callable[[Engine, Recorder], BackgroundShadow]
 
@@ -87,18 +87,6 @@ def shadow_factory(max_inflight: int = 8, timeout_s: float = 60.0) -> ShadowFact
         )
 
     return build
-
-
-def write_routes(path: Path, routes: dict[str, dict[str, Any]]) -> Path:
-    path.write_text(yaml.safe_dump({"routes": routes}))
-    return path
-
-
-def adapter_ids(home: Home) -> tuple[str, str]:
-    ids = sorted(home.list_adapter_ids())
-    v1 = next(a for a in ids if a.endswith("@v1"))
-    v2 = next(a for a in ids if a.endswith("@v2"))
-    return v1, v2
 
 
 def prompt_for(i: int) -> str:
