@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from registry.ids import check_card_id, parse_adapter_id
 
@@ -28,7 +28,9 @@ class DataSource(_Card):
     name: str
     owner: str
     license: str
-    pii: str = "none"  # none | redacted | present
+    # none | redacted | present | unknown: "none" is a claim someone must make, never a
+    # default (validate warns on "unknown")
+    pii: str = "unknown"
     generator: str | None = None
     verified: str | None = None
 
@@ -41,11 +43,26 @@ class Splits(_Card):
 
 
 class SubjectManifest(_Card):
-    """Salted hashes of the data subjects (e.g. customer ids) whose records are in the set."""
+    """Keyed hashes of the data subjects (e.g. customer ids) whose records are in the set.
+
+    ``hmac-sha256``: HMAC under a secret key kept outside the card (see
+    :mod:`registry.subjects`); the card holds only the key's id. ``salted-sha256``: the
+    older scheme, salt in the card (reversible for low-entropy ids; still read).
+    """
 
     kind: str = "customer_id"
-    salt: str
+    scheme: Literal["hmac-sha256", "salted-sha256"] = "salted-sha256"  # old cards: no field
+    key_id: str | None = None
+    salt: str | None = None
     hashes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _scheme(self) -> SubjectManifest:
+        if self.scheme == "hmac-sha256" and (self.key_id is None or self.salt is not None):
+            raise ValueError("an hmac-sha256 subject manifest records a key_id and no salt")
+        if self.scheme == "salted-sha256" and self.salt is None:
+            raise ValueError("a salted-sha256 subject manifest needs its salt")
+        return self
 
 
 class DatasetCard(_Card):

@@ -1,19 +1,22 @@
 """Bringing files into a home: dataset directories, LoRA configs, subject manifests.
 
-Helpers for :mod:`registry.lifecycle` (which re-exports them) and the CLI; none writes a card.
+Helpers for :mod:`registry.lifecycle` (which re-exports them) and the CLI; none writes a card
+(``subject_manifest``, from :mod:`registry.subjects`, may create the home's subject key).
 """
 
 from __future__ import annotations
 
-import secrets
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 
-from registry.cards import Method, SubjectManifest
+from registry.cards import Method
 from registry.errors import RegistryError
-from registry.hashing import file_hashes, salted_hash
+from registry.hashing import file_hashes
 from registry.home import Home
+from registry.subjects import subject_manifest
+
+__all__ = ["import_dataset_dir", "method_from_adapter_config", "subject_manifest",
+           "subjects_in_files"]
 
 
 def method_from_adapter_config(adapter_dir: Path, objective: str = "sft") -> Method:
@@ -45,15 +48,6 @@ def import_dataset_dir(home: Home, src: Path, dataset_id: str) -> Path:
         return dst
     shutil.copytree(src, dst)
     return dst
-
-
-def subject_manifest(
-    values: Iterable[str], *, kind: str = "customer_id", salt: str | None = None
-) -> SubjectManifest:
-    """Salted hashes of the data subjects (the values themselves are not kept)."""
-    salt = salt if salt is not None else secrets.token_hex(16)
-    hashes = sorted({salted_hash(v, salt) for v in values if str(v).strip()})
-    return SubjectManifest(kind=kind, salt=salt, hashes=hashes)
 
 
 def subjects_in_files(data_dir: Path, field: str) -> list[str]:

@@ -271,6 +271,31 @@ def references(home: Home, adapter_id: str, routes: Routes | None = None) -> lis
     return refs
 
 
+_SERVING_STATUS = ("shadow", "canary", "live")
+
+
+def _check_retirable(home: Home, card: ModelCard, routes: Routes | None) -> None:
+    """``AdapterReferenced`` while anything keeps ``card`` from retiring: a route or model
+    card naming it (:func:`references`), or a serving card status. The status is kept in
+    step with every committed route change by the gateway (:func:`sync_route_status`), so
+    it also covers a route store the caller cannot see (an embedded gateway's, in
+    process); a rollback target keeps its status, so it is refused too."""
+    refs = references(home, card.id, routes)
+    if refs:
+        raise AdapterReferenced(
+            f"adapter {card.id} is still referenced by {', '.join(refs)}; "
+            "move those away first", adapter=card.id, references=refs)
+    if card.status in _SERVING_STATUS:
+        last = card.history[-1].reason if card.history else ""
+        raise AdapterReferenced(
+            f"{card.id} is {card.status} on a route (card status"
+            f"{'; last change: ' + last if last else ''}); move routes away first, e.g. "
+            f"lora-router rollback ROUTE --reason ... or lora-router set-live ROUTE OTHER@VER "
+            f"(a running gateway then records it); if no route serves it any more, say so "
+            f"with lora-router registry set-status {card.id} registered --reason ...",
+            adapter=card.id, references=[f"card status {card.status}"])
+
+
 def set_status(
     home: Home,
     adapter_id: str,
@@ -284,7 +309,8 @@ def set_status(
 
     ``retired`` is terminal (``AdapterRetired`` for any move out of it) and is refused with
     ``AdapterReferenced`` while :func:`references` lists anything (``routes`` default: the
-    home's routes file). Setting the current status again is a no-op.
+    home's routes file) or the card's status is shadow, canary or live (a route serves it,
+    maybe in a store the caller cannot read). Setting the current status again is a no-op.
     """
     with registry_lock(home):
         store = RegistryStore(home)
@@ -295,11 +321,7 @@ def set_status(
             raise AdapterRetired(f"adapter {adapter_id} is retired; it cannot become {status}",
                                  adapter=adapter_id)
         if status == "retired":
-            refs = references(home, adapter_id, routes)
-            if refs:
-                raise AdapterReferenced(
-                    f"adapter {adapter_id} is still referenced by {', '.join(refs)}; "
-                    "move those away first", adapter=adapter_id, references=refs)
+            _check_retirable(home, card, routes)
         previous = card.status
         card = card.moved_to(status, by, reason)
         store.put_model_card(card)

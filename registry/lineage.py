@@ -65,13 +65,15 @@ def validate(
     and tree hash; every run manifest's checkpoint; every model card's adapter files, base
     hash (= pinned), links (dataset card, run manifest, rollback target) and rollback chain
     (exists, not retired, same base, no cycle); adapter directories without a card
-    (warning); routes pointing at unregistered or retired adapters.
+    (warning); sources whose pii is unknown and reversible (salted) subject manifests
+    (warnings); routes pointing at unregistered or retired adapters.
     """
     rec = _Records(home)
     problems = list(rec.problems)
     pinned = _check_base(home, problems, check_base)
     for ds in rec.datasets.values():
         problems += check_dataset_files(home, ds)
+        problems += _dataset_warnings(ds)
     for run in rec.runs.values():
         problems += check_checkpoint(home, run)
     for card in rec.models.values():
@@ -85,6 +87,20 @@ def validate(
                 severity="warning"))
     problems += _check_routes(home, rec, routes)
     return problems
+
+
+def _dataset_warnings(ds: DatasetCard) -> list[Problem]:
+    """What a dataset card leaves unsaid or weakly protected (warnings, not errors)."""
+    label = f"dataset card {ds.id}"
+    out = [Problem("pii_unknown", label, f"source {s.name}: pii is unknown (say none, "
+                   "redacted or present)", severity="warning")
+           for s in ds.sources if s.pii == "unknown"]
+    if ds.subjects is not None and ds.subjects.scheme == "salted-sha256":
+        out.append(Problem("subjects_reversible", label, "subject manifest uses salted-sha256 "
+                           "with the salt in the card (low-entropy ids can be enumerated); "
+                           "re-register the dataset for an hmac-sha256 manifest",
+                           severity="warning"))
+    return out
 
 
 def _check_base(home: Home, problems: list[Problem], check_bytes: bool) -> str | None:

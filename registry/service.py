@@ -14,9 +14,9 @@ from typing import Any, Literal
 from adapters.base_pin import read_lock
 from registry.cards import DatasetCard, ModelCard
 from registry.errors import ConfigError, RegistryError
-from registry.hashing import salted_hash
 from registry.home import Home
 from registry.store import RegistryStore
+from registry.subjects import match_subject
 from router.flags.state import RouteState, load_routes_file
 
 RouteArm = Literal["live", "canary", "shadow", "rollback_target"]
@@ -86,8 +86,9 @@ class TrainedOnAnswer:
     datasets: list[str]
     adapters: list[AdapterHit]
     retrain_exclude: list[str]
-    # datasets that cannot answer a subject query (no subject manifest)
-    unknown: list[str] = field(default_factory=list)
+    # datasets that cannot answer a subject query: {dataset id: why} (no subject manifest,
+    # no subject key, another key)
+    unknown: dict[str, str] = field(default_factory=dict)
 
     @property
     def found(self) -> bool:
@@ -104,17 +105,23 @@ class TrainedOnAnswer:
             "query": self.query,
             "answer": self.answer,
             "datasets": self.datasets,
-            "unknown_datasets": self.unknown,
+            "unknown_datasets": sorted(self.unknown),
+            "unknown_reasons": self.unknown,
             "adapters": [a.to_dict() for a in self.adapters],
             "retrain_exclude": self.retrain_exclude,
         }
 
 
-def _subject_in(card: DatasetCard, value: str) -> str | None:
+def _subject_in(home: Home, card: DatasetCard, value: str,
+                unknown: dict[str, str]) -> str | None:
+    """The subject's digest if ``card`` lists it; records in ``unknown`` why it cannot say."""
     if card.subjects is None:
+        unknown[card.id] = "no subject manifest"
         return None
-    digest = salted_hash(value, card.subjects.salt)
-    return digest if digest in set(card.subjects.hashes) else None
+    match = match_subject(home, card.subjects, value)
+    if match.unknown is not None:
+        unknown[card.id] = match.unknown
+    return match.digest
 
 
 def trained_on(
@@ -134,18 +141,16 @@ def trained_on(
     store = RegistryStore(home)
     datasets: list[str] = []
     exclude: list[str] = []
-    unknown: list[str] = []
+    unknown: dict[str, str] = {}
     for ds_id in store.list_dataset_ids():
         card = store.get_dataset_card(ds_id)
-        if subject is not None and card.subjects is None:
-            unknown.append(card.id)
         if dataset is not None and card.id == dataset:
             datasets.append(card.id)
             exclude.append(f"dataset {card.id} ({card.hash})")
         elif source is not None and any(s.name == source for s in card.sources):
             datasets.append(card.id)
             exclude.append(f"source {source} (in dataset {card.id})")
-        elif subject is not None and (digest := _subject_in(card, subject)):
+        elif subject is not None and (digest := _subject_in(home, card, subject, unknown)):
             datasets.append(card.id)
             kind = card.subjects.kind if card.subjects else "subject"
             exclude.append(f"{kind} {digest} (records in dataset {card.id})")
@@ -155,7 +160,7 @@ def trained_on(
         for m in _model_cards(store)
         if m.trained_on in datasets
     ]
-    # the reply never echoes a subject's value, only its salted hash
+    # the reply never echoes a subject's value, only its keyed hash
     query = {"subject": "<given>"} if subject is not None else {k: str(v) for k, v in given.items()}
     return TrainedOnAnswer(query, datasets, hits, exclude, unknown)
 

@@ -6,6 +6,9 @@ registered with the other replicas; 503 with the same JSON detail otherwise. The
 shows the replica (id, registered), the adapters (referenced, resident, missing) and the
 route store's connection and snapshot staleness. A Redis outage alone does not make the
 gateway unready: it serves its last-known routes (fail-static) and says how stale they are.
+``log`` shows the inference-log writer (sink name and health, queue depth, spool backlog), or
+null when the app records through a custom recorder; a log database outage does not make the
+gateway unready either: records go to the local spool and are replayed when it is back.
 ``GET /metrics``: Prometheus text format (default registry).
 """
 
@@ -20,6 +23,7 @@ from starlette.responses import Response
 
 from router.api.deps import Components
 from router.api.errors import JSON
+from router.log.writer import LogWriter
 
 router = APIRouter(tags=["health"])
 
@@ -60,6 +64,8 @@ async def readyz(request: Request) -> Response:
         detail: dict[str, Any] = {"ready": False, "reason": "starting"}
     else:
         detail = readiness(components)
+        writer: LogWriter | None = getattr(request.app.state, "log_writer", None)
+        detail["log"] = writer.status() if writer is not None else None
     return Response(to_json(detail), status_code=200 if detail["ready"] else 503,
                     media_type=JSON)
 

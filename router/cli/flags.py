@@ -1,7 +1,8 @@
 """CLI commands for route flags: list, show, rollback, canary, shadow, promote, set-live, audit.
 
 Each talks to a running gateway with ``--url``, or, with ``REDIS_URL`` set and no
-``--url``, to Redis directly (creating routes from the home's routes.yaml if missing).
+``--url``, to Redis directly (a change creates its route from the home's routes.yaml if
+Redis lacks it; the read-only commands never write).
 """
 
 from __future__ import annotations
@@ -124,16 +125,22 @@ def _print_change(out: ChangeOut) -> None:
     if a is not None and a.replicas and out.prepare_ms >= 0.01:
         timing = f"replicas loaded new adapters in {out.prepare_ms:.1f} ms; " + timing
     console.print(timing)
-    if a is None or not a.replicas:
+    if a is None or not (a.replicas or a.dropped):
         console.print("no gateway replicas registered: nothing to wait for")
+        return
+    n = len(a.replicas)
+    if a.elapsed_ms is not None and n:
+        who = f"all {n} replicas" if n > 1 else f"the only live replica ({a.replicas[0]})"
+        console.print(f"applied by {who} {a.elapsed_ms:.2f} ms after commit")
     elif a.elapsed_ms is not None:
-        n = len(a.replicas)
-        console.print(f"applied by all {n} replicas {a.elapsed_ms:.2f} ms after commit")
+        console.print("no live replica left to apply it")
     else:
         console.print(
-            f"[yellow]applied by {len(a.replicas) - len(a.pending)}/{len(a.replicas)} replicas; "
+            f"[yellow]applied by {n - len(a.pending)}/{n} replicas; "
             f"not yet by: {', '.join(a.pending)}[/yellow]"
         )
+    for replica in a.dropped:
+        console.print(f"[yellow]{replica} stopped heartbeating (dropped)[/yellow]")
 
 
 def _change(home: Any, url: str | None, actor: str | None, route: str, action: str,

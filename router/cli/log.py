@@ -18,7 +18,7 @@ from rich.table import Table
 
 from router.cli.common import HomeOpt, console, friendly_errors, load_settings
 from router.log import bulk
-from router.log.factory import build_log_writer, build_sink
+from router.log.factory import build_log_writer, build_sink, build_spool
 from router.log.rows import to_json
 from router.log.sink import LogSink, parse_since
 
@@ -145,9 +145,14 @@ def delete_subject(
     subject: Annotated[str, typer.Argument(help="The data subject (the requests' `user`).")],
     home: HomeOpt = None,
 ) -> None:
-    """Delete a subject's stored inputs (input store; inference_log holds no raw input)."""
+    """Delete a subject's stored inputs (input store; inference_log holds no raw input),
+    also those still in the spool: sealed segments are rewritten without them, and the
+    database keeps a deletion tombstone so that a later replay never writes them back."""
+    settings = load_settings(home)
+    scrubbed = build_spool(settings).scrub_subject(subject)
     n = _with_sink(home, lambda s: s.purge_inputs(subject=subject))
-    console.print(f"deleted {n} stored inputs of subject {subject!r}")
+    console.print(f"deleted {n} stored inputs of subject {subject!r} "
+                  f"(and {scrubbed} not yet written, from the spool)")
 
 
 @log_app.command("purge-inputs")

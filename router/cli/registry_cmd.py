@@ -16,7 +16,16 @@ from registry import hf_export, integrity, lifecycle, lineage, service
 from registry.cards import DataSource, LifecycleStatus, RunManifest, Splits
 from registry.errors import AdapterReferenced
 from registry.home import Home
-from router.cli.common import CliError, HomeOpt, console, friendly_errors, load_settings
+from registry.store import RegistryStore
+from router.cli.common import (
+    CliError,
+    HomeOpt,
+    console,
+    friendly_errors,
+    load_settings,
+    require_pinned_home,
+    validation_line,
+)
 from router.cli.registry_views import (
     print_base_impact,
     print_lineage,
@@ -43,7 +52,9 @@ def register(root: typer.Typer) -> None:
 
 
 def _home(home: Path | None) -> Home:
-    return Home.at(load_settings(home).home)
+    """The home a registry command works on: it must hold a pinned base (a typo'd
+    ``--home`` would otherwise answer "no" to ``trained-on``)."""
+    return Home.at(require_pinned_home(load_settings(home)))
 
 
 def _routes(home: Path | None) -> service.Routes:
@@ -55,7 +66,8 @@ def _routes_in_force(home: Path | None) -> tuple[service.Routes, str]:
     state in Redis when ``REDIS_URL`` is set (a route in Redis wins; one only in the file is
     what a gateway seeds into Redis at start). Redis unreachable: ``FlagStoreUnavailable``."""
     settings = load_settings(home)
-    routes = dict(service.load_routes(Home.at(settings.home), path=settings.routes_path))
+    routes = dict(service.load_routes(Home.at(require_pinned_home(settings)),
+                                      path=settings.routes_path))
     source = str(settings.routes_path)
     if settings.redis_url:
         routes.update(asyncio.run(_redis_routes(settings)))
@@ -113,7 +125,7 @@ def _load_manifest(path: Path) -> RunManifest:
     try:
         return RunManifest.model_validate(data)
     except ValidationError as exc:
-        raise CliError(f"{path}: not a valid run manifest: {exc}") from exc
+        raise CliError(f"{path}: not a valid run manifest: {validation_line(exc)}") from exc
 
 
 def _manifest_base_hash(manifest: RunManifest) -> str | None:
@@ -183,7 +195,7 @@ def register_dataset_cmd(
     subjects = None
     if subject_field:
         values = lifecycle.subjects_in_files(h.dataset_dir(dataset_id), subject_field)
-        subjects = lifecycle.subject_manifest(values, kind=subject_field)
+        subjects = lifecycle.subject_manifest(h, values, kind=subject_field)
     try:
         result = lifecycle.register_dataset(
             h, dataset_id,
@@ -195,7 +207,7 @@ def register_dataset_cmd(
             expected_hash=data.get("hash"),
         )
     except ValidationError as exc:
-        raise CliError(f"{card}: not a valid dataset card: {exc}") from exc
+        raise CliError(f"{card}: not a valid dataset card: {validation_line(exc)}") from exc
     console.print(f"registered dataset {result.id} ({result.hash}, {len(result.files)} files)")
 
 
@@ -243,7 +255,8 @@ def trained_on_cmd(
     source: Annotated[str | None, typer.Option("--source")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset")] = None,
     subject: Annotated[str | None, typer.Option(
-        "--subject", help="A data subject (e.g. a customer id); matched by salted hash.")
+        "--subject", help="A data subject (e.g. a customer id); matched by keyed hash "
+        "(the home's subject key or $LORA_ROUTER_SUBJECT_KEY).")
     ] = None,
     as_json: JsonOpt = False,
     home: HomeOpt = None,
@@ -281,10 +294,20 @@ def retire_cmd(
     home: HomeOpt = None,
 ) -> None:
     """Retire an adapter for good; refused while a route (live, canary, shadow, rollback
-    target: in Redis when REDIS_URL is set) or a model card references it."""
+    target: in Redis when REDIS_URL is set) or a model card references it, or while its
+    card status is shadow/canary/live (a gateway's routes serve it). Re-retiring changes
+    nothing and says when it was retired and by whom."""
+    h = _home(home)
+    current = RegistryStore(h).get_model_card(adapter_id)
+    if current.status == "retired":  # nothing to record: say when and by whom it was
+        when = next((c for c in reversed(current.history) if c.status == "retired"), None)
+        console.print(f"{adapter_id}: already retired" + (
+            f" on {when.at:%Y-%m-%d %H:%M} UTC by {when.by} ({when.reason})" if when else "")
+            + "; nothing changed", highlight=False)
+        return
     routes, source = _routes_in_force(home)
     try:
-        card = lifecycle.retire(_home(home), adapter_id, reason, by, routes=routes)
+        card = lifecycle.retire(h, adapter_id, reason, by, routes=routes)
     except AdapterReferenced as exc:
         raise CliError(f"{exc} (routes read from {source})") from exc
     console.print(f"{card.id}: retired ({reason})")

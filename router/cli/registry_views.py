@@ -58,9 +58,9 @@ def print_lineage(tree_data: dict[str, Any]) -> None:
 
 def print_trained_on(answer: TrainedOnAnswer) -> None:
     (what, _value), = answer.query.items()
-    if answer.unknown:
-        console.print(f"[yellow]UNKNOWN for {', '.join(answer.unknown)}[/yellow]: no subject "
-                      "manifest, so these datasets cannot answer")
+    for ds_id, why in sorted(answer.unknown.items()):
+        console.print(f"[yellow]UNKNOWN for {ds_id}[/yellow]: {why}, so this dataset cannot "
+                      "answer", highlight=False)
     if not answer.found:
         if not answer.unknown:
             console.print(f"[green]NO[/green]: no dataset card includes this {what}; "

@@ -12,6 +12,7 @@ from adapters.base_pin import verify_base
 from registry.home import Home
 from registry.integrity import verify_adapter
 from router.cli.common import HomeOpt, console, friendly_errors, load_settings
+from router.flags.factory import check_routes_file
 from router.flags.state import load_routes_file
 
 
@@ -40,9 +41,12 @@ def serve(
     )
     # Checked here so that a missing/changed base, a bad routes file or a tampered adapter
     # is one clean line, not a lifespan traceback from uvicorn (the lifespan checks again).
+    # The routes the file would create must name known adapters, in Redis mode too: there
+    # they would reach every replica (only the routes Redis lacks are seeded).
     home_ = Home.at(settings.home)
     lock = verify_base(home_)
     states = load_routes_file(settings.routes_path)
+    check_routes_file(settings, home_)
     if settings.redis_url is None:  # embedded, the routes file is what will be served
         for adapter_id in sorted({a for s in states.values() for a in s.referenced_adapters()}):
             verify_adapter(home_, adapter_id)

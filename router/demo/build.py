@@ -3,7 +3,8 @@ evaluation, lineage cards and ``routes.yaml``.
 
 ``build_demo`` is idempotent: a home whose ``demo-report.json`` exists is left as it is
 (the saved report is returned with ``built=False``) unless ``force``. Everything but the
-cards' timestamps, run ids and subject salts is bit-for-bit the same on every build with
+cards' timestamps, run ids and subject-manifest digests (keyed by the home's random
+subject key, ``registry/.subject_key``) is bit-for-bit the same on every build with
 the same libraries and thread count.
 """
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import secrets
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -22,12 +21,10 @@ from registry.cards import (
     ModelCard,
     RunManifest,
     Splits,
-    SubjectManifest,
 )
-from registry.hashing import salted_hash
 from registry.home import Home
 from registry.ids import parse_adapter_id
-from registry.lifecycle import register_adapter, register_dataset
+from registry.lifecycle import register_adapter, register_dataset, subject_manifest
 from router.demo.data import SPLIT_FRACTIONS, Ticket, measure
 
 _LIBRARIES = ("torch", "transformers", "peft", "tokenizers", "safetensors", "accelerate")
@@ -94,8 +91,8 @@ def register_demo_dataset(
     *,
     contaminated: bool,
 ) -> DatasetCard:
-    """Dataset card for ``data/<dataset_id>/`` with a salted subject manifest."""
-    salt = secrets.token_hex(16)
+    """Dataset card for ``data/<dataset_id>/`` with a keyed subject manifest (the home's
+    subject key, see :mod:`registry.subjects`)."""
     customers = sorted({t.customer_id for t in tickets})
     measured: dict[str, Any] = dict(measure(train))
     measured["measured_on"] = "train split; agreement = label vs an independent keyword labeler"
@@ -108,9 +105,7 @@ def register_demo_dataset(
         measured=measured,
         splits=Splits(rule=SPLIT_RULE, **SPLIT_FRACTIONS),
         excluded=["raw_pii", "tickets_flagged_legal_hold"],
-        subjects=SubjectManifest(
-            kind="customer_id", salt=salt, hashes=sorted(salted_hash(c, salt) for c in customers)
-        ),
+        subjects=subject_manifest(home, customers, kind="customer_id"),
     )
 
 

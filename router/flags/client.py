@@ -5,21 +5,30 @@ is sent as ``Authorization: Bearer``.
 
 Both clients return the admin API's wire shapes (:mod:`router.flags.views`), so the CLI
 renders one thing. Over HTTP, the gateway's error codes come back as the same
-``LoraRouterError`` subclasses (a 409 ``version_conflict`` is a ``VersionConflict``).
+``LoraRouterError`` subclasses (a 409 ``version_conflict`` is a ``VersionConflict``), and a
+route name is percent-escaped into the path; a name no route can have (``a/b``, ``..``) is
+``RouteNotFound`` without a request, as in direct mode.
+
+Directly, read-only calls (routes, show, audit) never write: a change first creates its
+route from the home's routes file when Redis lacks it (checked like any seed: an unknown
+or retired adapter is refused before anything is written).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 import redis.asyncio as aredis
 
-from registry.errors import ConfigError, LoraRouterError
+from registry.errors import ConfigError, InvalidId, LoraRouterError, RouteNotFound
 from registry.home import Home
-from router.flags.factory import home_known_adapters, open_route_store
+from registry.ids import check_name
+from router.flags.factory import home_known_adapters, open_route_store, seed_routes_file
 from router.flags.replicas import ReplicaRegistry
 from router.flags.runtime import registry_hooks
 from router.flags.service import RouteService
@@ -40,9 +49,12 @@ class FlagsClient(Protocol):
 class ServiceClient:
     """In-process calls on a :class:`RouteService` (the CLI's direct-to-Redis mode)."""
 
-    def __init__(self, service: RouteService, actor: str) -> None:
+    def __init__(
+        self, service: RouteService, actor: str, routes_file: Path | None = None
+    ) -> None:
         self.service = service
         self.actor = actor
+        self.routes_file = routes_file  # where a change finds a route Redis lacks
 
     async def routes(self) -> RoutesOut:
         s = self.service
@@ -55,6 +67,10 @@ class ServiceClient:
         return AuditOut(route=route, entries=await self.service.audit(route, limit))
 
     async def change(self, route: str, action: str, **fields: Any) -> ChangeOut:
+        file = self.routes_file
+        if self.service.store.get(route) is None and file is not None and file.is_file():
+            # only this route: another route's error in the file must not block this change
+            await seed_routes_file(self.service, file, only={route})
         op = getattr(self.service, action.replace("-", "_"))
         return ChangeOut.of(await op(route, actor=self.actor, **fields))
 
@@ -70,15 +86,15 @@ class HttpClient:
         return RoutesOut.model_validate(await self._call("GET", "/admin/routes"))
 
     async def show(self, route: str) -> RouteState:
-        return RouteState.model_validate(await self._call("GET", f"/admin/routes/{route}"))
+        return RouteState.model_validate(await self._call("GET", _route_path(route)))
 
     async def audit(self, route: str, limit: int) -> AuditOut:
-        data = await self._call("GET", f"/admin/routes/{route}/audit", params={"limit": limit})
+        data = await self._call("GET", _route_path(route, "audit"), params={"limit": limit})
         return AuditOut.model_validate(data)
 
     async def change(self, route: str, action: str, **fields: Any) -> ChangeOut:
         body = {"actor": self.actor, **fields}
-        data = await self._call("POST", f"/admin/routes/{route}/{action}", json=body)
+        data = await self._call("POST", _route_path(route, action), json=body)
         return ChangeOut.model_validate(data)
 
     async def _call(self, method: str, path: str, **kw: Any) -> Any:
@@ -90,6 +106,18 @@ class HttpClient:
         if response.is_success:
             return response.json()
         raise _error_of(response)
+
+
+def _route_path(route: str, action: str | None = None) -> str:
+    """``/admin/routes/{route}[/{action}]``, the name escaped. A name that is not a valid
+    route name names no route; it is refused here, since the server decodes ``%2F`` before
+    it routes (``a/audit`` would reach route ``a``'s audit)."""
+    try:
+        check_name(route, "route")
+    except InvalidId:
+        raise RouteNotFound(f"no route {route!r}", route=route) from None
+    path = f"/admin/routes/{quote(route, safe='')}"
+    return f"{path}/{action}" if action else path
 
 
 def _error_of(response: httpx.Response) -> LoraRouterError:
@@ -116,7 +144,8 @@ _ERRORS_BY_CODE = _error_classes(LoraRouterError)
 async def open_client(
     settings: Settings, url: str | None, actor: str, timeout_s: float = 30.0
 ) -> AsyncIterator[FlagsClient]:
-    """HTTP when ``url`` is given; else Redis directly (``REDIS_URL``), seeding new routes."""
+    """HTTP when ``url`` is given; else Redis directly (``REDIS_URL``): see the module
+    docstring for when routes are created from the routes file."""
     if url:
         headers = {}
         if settings.admin_token is not None:  # LORA_ROUTER_ADMIN_TOKEN, as the gateway's
@@ -147,6 +176,6 @@ async def open_client(
                 on_commit=on_commit,
                 default_rollback=default_rollback,
             )
-            yield ServiceClient(service, actor)
+            yield ServiceClient(service, actor, settings.routes_path)
         finally:
             await redis.aclose()

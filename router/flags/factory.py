@@ -1,7 +1,8 @@
-"""Building the route flags from settings: the store, the known-adapter check, the service.
+"""Building the route flags from settings: the store, the known-adapter check, seeding.
 
 The gateway (phase 2) and the CLI's direct mode both build through here, so there is one
-place that picks Redis or the in-process store.
+place that picks Redis or the in-process store, and one place that seeds the routes file
+(through ``RouteService.seed``, which refuses unknown or retired adapters before any write).
 """
 
 from __future__ import annotations
@@ -10,13 +11,18 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
-from registry.errors import LoraRouterError
+import redis
+
+from registry.errors import AdapterNotFound, ConfigError, FlagStoreUnavailable, LoraRouterError
 from registry.home import Home
 from registry.store import RegistryStore
+from router.flags import keys
 from router.flags.memory import MemoryRouteStore
 from router.flags.redis_store import RedisRouteStore
-from router.flags.state import load_routes_file
+from router.flags.service import RouteService
+from router.flags.state import check_route_adapters, load_routes_file
 from router.flags.store import RouteStore
 from router.settings import Settings
 
@@ -55,14 +61,66 @@ def home_known_adapters(home: Home) -> Callable[[], set[str]]:
     return known
 
 
+async def seed_routes_file(
+    service: RouteService, path: Path, only: set[str] | None = None
+) -> None:
+    """Create the routes of the routes file at ``path`` (only those in ``only``, when given)
+    that the store lacks, through ``service.seed``: a route naming an unknown or retired
+    adapter refuses the whole seed before anything is written (``ConfigError`` naming the
+    file, the route and the adapters)."""
+    states = load_routes_file(path)
+    if only is not None:
+        states = {r: s for r, s in states.items() if r in only}
+    try:
+        await service.seed(states)
+    except AdapterNotFound as exc:
+        raise ConfigError(f"routes file {path}: {exc.message}", **exc.detail) from exc
+
+
+def check_routes_file(settings: Settings, home: Home) -> None:
+    """Check, without writing anything, what seeding the routes file at start would refuse:
+    the routes it would create (in Redis mode, those not in Redis yet) must name only
+    known adapters. ``ConfigError`` names the file, route and adapters; an unreachable
+    Redis is ``FlagStoreUnavailable``. (``lora-router serve`` runs it for a clean error;
+    the gateway's start checks again in ``RouteService.seed``.)"""
+    path = settings.routes_path
+    states = load_routes_file(path)
+    if settings.redis_url:
+        stored = stored_route_names(settings.redis_url)
+        states = {r: s for r, s in states.items() if r not in stored}
+    try:
+        check_route_adapters(states, home_known_adapters(home)())
+    except AdapterNotFound as exc:
+        raise ConfigError(f"routes file {path}: {exc.message}", **exc.detail) from exc
+
+
+def stored_route_names(redis_url: str, timeout_s: float = 2.0) -> set[str]:
+    """The routes that exist in Redis (one blocking read, for checks before start)."""
+    client = redis.Redis.from_url(
+        redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
+    try:
+        names = client.hkeys(keys.ROUTES)
+    except redis.RedisError as exc:
+        raise FlagStoreUnavailable(f"route store: Redis at {redis_url}: {exc}") from exc
+    finally:
+        client.close()
+    return {n.decode() if isinstance(n, bytes) else str(n) for n in names}
+
+
 @asynccontextmanager
-async def open_route_store(settings: Settings, *, seed: bool = True) -> AsyncIterator[RouteStore]:
-    """A started store, seeded from the routes file when it exists (closed on exit)."""
+async def open_route_store(
+    settings: Settings, *, seed: bool = False
+) -> AsyncIterator[RouteStore]:
+    """A started store (closed on exit). ``seed``: first create the routes file's missing
+    routes, checked against the home's known adapters (:func:`seed_routes_file`); the CLI's
+    read-only commands never seed."""
     store = build_route_store(settings)
     await store.start()
     try:
         if seed and settings.routes_path.is_file():
-            await store.seed(load_routes_file(settings.routes_path))
+            known = home_known_adapters(Home.at(settings.home))
+            await seed_routes_file(RouteService(store, known_adapters=known), settings.routes_path)
         yield store
     finally:
         await store.close()

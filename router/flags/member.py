@@ -111,6 +111,19 @@ class ReplicaMember:
                 await self.refresh()
             except NETWORK_ERRORS as exc:
                 log.warning("replica %s: heartbeat failed: %s", self.info.id, exc)
+                self._check_expired()
+
+    def _check_expired(self) -> None:
+        """After failed beats: once the last beat is older than the TTL, the presence key
+        has expired in Redis, so writers no longer count this replica: say so
+        (``registered`` and its gauge) until a beat succeeds again."""
+        at = self.last_beat_at
+        if not self.registered or at is None:
+            return
+        if (datetime.now(UTC) - at).total_seconds() * 1000 >= self._ttl_ms:
+            log.warning("replica %s: no heartbeat for longer than its TTL: not registered "
+                        "until Redis is back", self.info.id)
+            self._set_registered(False)
 
     async def refresh(self) -> None:
         """Beat now if ready, else withdraw (also called when residency changed, so a

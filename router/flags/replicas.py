@@ -66,12 +66,18 @@ class LoadAck(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class ApplyReport:
-    """Which live replicas applied ``version``, and how long after the write's ack (ms)."""
+    """Which live replicas applied ``version``, and how long after the write's ack (ms).
+
+    ``elapsed_ms`` is when the last live replica's apply was seen (None unless every live
+    replica applied it in time); ``dropped`` lists replicas that stopped heartbeating
+    before applying it: they are not waited for, and do not count in ``elapsed_ms``.
+    """
 
     version: int
-    elapsed_ms: float | None  # None unless every replica applied it in time
+    elapsed_ms: float | None
     replicas: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +149,17 @@ class ReplicaRegistry:
         """Subscribe before the write, so no replica's report can slip past the wait."""
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(keys.APPLIED_CHANNEL)
-            # read who is live before the write, so that after the write's ack the wait
-            # only reads the reports already buffered (no round trips on the timed path)
-            yield AppliedWatch(self, pubsub, route, await self.live())
+            try:
+                await pubsub.subscribe(keys.APPLIED_CHANNEL)
+                # read who is live before the write, so that after the write's ack the wait
+                # only reads the reports already buffered (no round trips on the timed path)
+                live = await self.live()
+            except NETWORK_ERRORS as exc:  # Redis down: the change cannot be made (503)
+                raise FlagStoreUnavailable(f"replica registry: {exc}") from exc
+            yield AppliedWatch(self, pubsub, route, live)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(*NETWORK_ERRORS):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def request_load(self, adapters: set[str], timeout_s: float) -> LoadOutcome:
         """Ask every live replica to load ``adapters``; collect acks until ``timeout_s``."""
@@ -212,46 +223,76 @@ class AppliedWatch:
 
         Counts the applied reports against the replicas that were live before the write;
         when none is pending it confirms once with the registry (a replica that joined
-        meanwhile, or a report missed), and the time is taken when the last report arrived.
+        meanwhile, or a report missed). Every ``_REFRESH_S`` while some are pending it
+        re-reads the registry: a pending replica whose heartbeat expired is dropped (it
+        died), one that applied without a report seen is counted then. The time reported
+        is when the last live replica's apply was seen, not when a dead one was dropped.
         """
+        progress = _Progress(list(self._live), set(self._live))
         deadline = since + timeout_s
-        live, pending = list(self._live), set(self._live)
-        done_at: float | None = None
         try:
+            confirmed = False  # ``pending`` comes from a registry read with nothing after it
             refresh_at = time.perf_counter() + self._REFRESH_S
             while (now := time.perf_counter()) < deadline:
-                if not pending:
-                    done_at = done_at if done_at is not None else now
-                    live, pending = await self._pending(version)
-                    if not pending:
-                        break
-                    done_at = None
+                if not progress.pending and not confirmed:
+                    await self._refresh(version, progress)
+                    confirmed = True
+                if not progress.pending:
+                    break
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=min(0.05, deadline - now)
                 )
-                if message is not None and message["type"] == "message":
-                    self._on_report(message["data"], version, pending)
-                    if not pending:
-                        done_at = time.perf_counter()
-                if pending and time.perf_counter() >= refresh_at:
-                    live, pending = await self._pending(version)
+                if (
+                    message is not None
+                    and message["type"] == "message"
+                    and self._on_report(message["data"], version, progress.pending)
+                ):
+                    progress.applied_at = time.perf_counter()
+                    confirmed = False
+                if progress.pending and time.perf_counter() >= refresh_at:
+                    await self._refresh(version, progress)
+                    confirmed = True
                     refresh_at = time.perf_counter() + self._REFRESH_S
-        except NETWORK_ERRORS as exc:
+        except (*NETWORK_ERRORS, FlagStoreUnavailable) as exc:
             log.warning("waiting for replicas to apply %s v%s: %s", self._route, version, exc)
-            return ApplyReport(version, None, [], [])
-        if pending or done_at is None:
-            return ApplyReport(version, None, live, sorted(pending))
-        return ApplyReport(version, (done_at - since) * 1e3, live, [])
+            return progress.report(version, None)
+        if progress.pending:
+            return progress.report(version, None)
+        return progress.report(version, ((progress.applied_at or since) - since) * 1e3)
 
-    async def _pending(self, version: int) -> tuple[list[str], set[str]]:
+    async def _refresh(self, version: int, progress: _Progress) -> None:
         live = await self._registry.live()
         applied = await self._registry.applied(self._route, live)
-        return live, {r for r, v in applied.items() if v < version}
+        pending = {r for r, v in applied.items() if v < version}
+        gone = progress.pending - set(live)
+        if progress.pending - gone - pending:  # applied, its report missed: seen now
+            progress.applied_at = time.perf_counter()
+        progress.dropped.extend(sorted(gone - set(progress.dropped)))
+        progress.live, progress.pending = live, pending
 
-    def _on_report(self, data: bytes, version: int, pending: set[str]) -> None:
+    def _on_report(self, data: bytes, version: int, pending: set[str]) -> bool:
+        """Take one applied report; True when it was the first from a pending replica."""
         try:
             msg = json.loads(data)
-            if msg["route"] == self._route and int(msg["version"]) >= version:
-                pending.discard(str(msg["replica"]))
+            replica = str(msg["replica"])
+            ours = msg["route"] == self._route and int(msg["version"]) >= version
+            if ours and replica in pending:
+                pending.discard(replica)
+                return True
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed applied report: %r", data)
+        return False
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What :meth:`AppliedWatch.wait` knows so far."""
+
+    live: list[str]
+    pending: set[str]
+    dropped: list[str] = field(default_factory=list)  # died before applying
+    applied_at: float | None = None  # perf_counter when the last live apply was seen
+
+    def report(self, version: int, elapsed_ms: float | None) -> ApplyReport:
+        live = [r for r in self.live if r not in self.dropped]
+        return ApplyReport(version, elapsed_ms, live, sorted(self.pending), list(self.dropped))

@@ -5,7 +5,9 @@
 
 1. the route store (Redis when ``REDIS_URL`` is set: its listener thread subscribes, then
    syncs; this replica's applied versions are reported under its replica id), seeded from
-   the routes file through the route service (card default rollback targets filled in);
+   the routes file through the route service (card default rollback targets filled in; a
+   route naming an unknown or retired adapter fails the start before anything is written,
+   so a bad file never reaches the other replicas);
 2. Redis mode: the ``LoadResponder`` (subscribed, so no load request is missed);
 3. every referenced adapter verified and loaded (a refusal fails the start, naming the
    adapter and the reason);
@@ -30,17 +32,21 @@ from adapters.residency import Residency
 from registry import route_status
 from registry.errors import LoraRouterError, RouteChangeRefused
 from registry.home import Home
-from router.flags.factory import build_route_store, default_replica_id, home_known_adapters
+from router.flags.factory import (
+    build_route_store,
+    default_replica_id,
+    home_known_adapters,
+    seed_routes_file,
+)
 from router.flags.member import LoadResponder, ReplicaMember
 from router.flags.reconciler import Reconciler
 from router.flags.replicas import ReplicaInfo, ReplicaRegistry
 from router.flags.service import DefaultRollback, OnCommit, PrepareFn, RouteService
-from router.flags.state import RouteState, load_routes_file
+from router.flags.state import RouteState
 from router.flags.store import RouteStore
 from router.settings import Settings
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(slots=True)
@@ -101,7 +107,7 @@ class FlagsRuntime:
         rt = cls(replica_id, store, service, residency, reconciler, client)
         try:
             await store.start()
-            await service.seed(load_routes_file(settings.routes_path))
+            await seed_routes_file(service, settings.routes_path)
             await rt._serve(settings)
         except BaseException:
             await rt.close()

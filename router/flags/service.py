@@ -27,7 +27,7 @@ from registry.errors import (
     VersionConflict,
 )
 from router.flags.replicas import AppliedWatch, ApplyReport, ReplicaRegistry
-from router.flags.state import RouteState, Split
+from router.flags.state import RouteState, Split, check_route_adapters
 from router.flags.store import AuditEntry, RouteStore
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,14 @@ class ChangeResult:
 class RouteService:
     """The route operations over a :class:`RouteStore`.
 
-    ``known_adapters`` lists the adapters a route may name (registered, not retired); it is
-    checked for adapters a change *adds* (rollback and promote only reuse adapters the route
-    already holds, so they cannot be blocked by the registry). ``prepare(adapter_ids)`` is
-    awaited before a change that adds adapters is committed and raises
-    ``RouteChangeRefused`` to stop it. With a ``replicas`` registry, each change waits up
+    ``known_adapters`` lists the adapters a route may name (registered, not retired). Every
+    change except a rollback is checked: each adapter it adds, and each adapter that serves
+    traffic in the new state (live, canary, shadow), must be known, so a ``promote`` of a
+    canary whose adapter was retired meanwhile is refused. A rollback is never checked: it
+    only reuses adapters the route already holds, and it must always work. :meth:`seed`
+    checks every adapter of the routes it would create, before writing any.
+    ``prepare(adapter_ids)`` is awaited before a change that adds adapters is committed
+    and raises ``RouteChangeRefused`` to stop it. With a ``replicas`` registry, each change waits up
     to ``apply_timeout_s`` for every live replica to report the new version.
 
     Hooks: ``on_commit(before, after)`` is called (in a worker thread) after each change
@@ -90,8 +93,16 @@ class RouteService:
 
     async def seed(self, states: dict[str, RouteState]) -> None:
         """Create the routes of ``states`` that do not exist yet (the routes file at start);
-        a route naming no rollback target gets its live adapter's card default."""
+        a route naming no rollback target gets its live adapter's card default.
+
+        Every adapter the new routes reference must be known (registered, not retired), else
+        ``AdapterNotFound`` names the route and the adapters and nothing is written: a bad
+        routes file must not reach the other replicas through the shared store. Routes that
+        exist already keep their stored state and are not checked.
+        """
         new = {r: s for r, s in states.items() if self.store.get(r) is None}
+        if self._known is not None:
+            check_route_adapters(new, self._known())
         filled = {r: self._with_default_rollback(s) for r, s in new.items()}
         await self.store.seed(filled)
 
@@ -213,7 +224,8 @@ class RouteService:
             )
         new = _evolve(current, {**build(current), "updated_by": actor, "reason": reason})
         added = new.referenced_adapters() - current.referenced_adapters()
-        self._check_known(added)
+        if action != "rollback":  # a rollback only reuses what the route holds: never blocked
+            self._check_known(added | new.serving_adapters())
         t0 = time.perf_counter()
         if added and self._prepare is not None:
             await self._prepare(added)

@@ -22,7 +22,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from registry.errors import ConfigError
+from registry.errors import AdapterNotFound, ConfigError
 from registry.ids import check_name, parse_adapter_id
 
 Arm = Literal["live", "canary", "shadow"]
@@ -86,6 +86,23 @@ class RouteState(BaseModel):
         if self.shadow:
             refs.add(self.shadow.adapter)
         return refs
+
+    def serving_adapters(self) -> set[str]:
+        """The adapters that answer requests (live, canary, shadow; not the standby)."""
+        return {self.live} | {s.adapter for s in (self.canary, self.shadow) if s is not None}
+
+
+def check_route_adapters(states: dict[str, RouteState], known: set[str]) -> None:
+    """``AdapterNotFound`` naming the first route (by name) of ``states`` that references an
+    adapter not in ``known`` (registered, not retired), and those adapters: the check
+    before seeding (``RouteService.seed``, and ``serve`` before the gateway starts)."""
+    for route, state in sorted(states.items()):
+        unknown = sorted(state.referenced_adapters() - known)
+        if unknown:
+            raise AdapterNotFound(
+                f"route {route!r} names unknown or retired adapter(s): {', '.join(unknown)}",
+                route=route, adapters=unknown,
+            )
 
 
 class _RouteEntry(BaseModel):

@@ -16,6 +16,7 @@ class AppliedOut(BaseModel):
     elapsed_ms: float | None
     replicas: list[str]
     pending: list[str]
+    dropped: list[str] = []  # stopped heartbeating before applying (not waited for)
 
 
 class ChangeOut(BaseModel):
@@ -33,7 +34,8 @@ class ChangeOut(BaseModel):
         if result.applied is not None:
             a = result.applied
             applied = AppliedOut(
-                version=a.version, elapsed_ms=a.elapsed_ms, replicas=a.replicas, pending=a.pending
+                version=a.version, elapsed_ms=a.elapsed_ms, replicas=a.replicas,
+                pending=a.pending, dropped=a.dropped,
             )
         return cls(
             action=result.action,

@@ -43,6 +43,11 @@ def build_sink(settings: Settings, home: Home | Path | str | None = None) -> Log
     return _SINKS[sink_kind(settings)](settings, _home(home or settings.home))
 
 
+def build_spool(settings: Settings, home: Home | Path | str | None = None) -> Spool:
+    """The home's spool (``<home>/log/spool/``); seals open segments of dead processes."""
+    return Spool(_home(home or settings.home).log_dir / "spool")
+
+
 def build_log_writer(
     settings: Settings,
     home: Home | Path | str | None = None,
@@ -65,7 +70,7 @@ def build_log_writer(
     )
     return LogWriter(
         sink or build_sink(settings, h),
-        Spool(h.log_dir / "spool"),
+        build_spool(settings, h),
         builder,
         batch_size=settings.log_batch_size,
         flush_ms=settings.log_flush_ms,

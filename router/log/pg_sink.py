@@ -25,12 +25,24 @@ from router.log.sink import (
     LogSink,
     RowRejected,
     StatsRow,
+    drop_deleted,
+    input_subject_hashes,
     purge_where,
     stats_row,
     stats_sql,
+    subject_hash,
 )
 
 _MIGRATION_LOCK = 0x6C6F7261  # pg_advisory_xact_lock key: one migrator at a time
+# input-row writers hold it shared, a subject deletion exclusive: a deletion never interleaves
+# with a write that has read the tombstones but not yet committed its input rows
+_DELETION_LOCK = 0x6C6F7264
+_TOMBSTONES = "SELECT subject_hash, deleted_at FROM subject_deletions WHERE subject_hash = ANY(%s)"
+_TOMBSTONE = (
+    "INSERT INTO subject_deletions (subject_hash, deleted_at) VALUES (%s, %s)"
+    " ON CONFLICT (subject_hash) DO UPDATE SET deleted_at ="
+    " GREATEST(subject_deletions.deleted_at, EXCLUDED.deleted_at)"
+)
 _COLS = ", ".join(schema.COLUMNS)
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
 _REJECTED = (psycopg.DataError, psycopg.IntegrityError)
@@ -153,8 +165,9 @@ class PostgresSink(LogSink):
                 cur = conn.cursor()
                 await cur.executemany(_INSERT_LOG, _params(rows, schema.COLUMNS))
                 inserted = max(cur.rowcount, 0)
-                if inputs:
-                    await cur.executemany(_INSERT_INPUT, _params(inputs, schema.INPUT_COLUMNS))
+                kept = await self._live_inputs(conn, inputs)
+                if kept:
+                    await cur.executemany(_INSERT_INPUT, _params(kept, schema.INPUT_COLUMNS))
             return inserted
 
         if not rows and not inputs:
@@ -162,6 +175,18 @@ class PostgresSink(LogSink):
         async with self._lock:
             result: int = await self._guard(op())
             return result
+
+    @staticmethod
+    async def _live_inputs(
+        conn: psycopg.AsyncConnection[Any], inputs: Sequence[Row]
+    ) -> list[Row]:
+        """The input rows no deletion tombstone covers (inside the write's transaction)."""
+        hashes = input_subject_hashes(inputs)
+        if not hashes:
+            return list(inputs)
+        await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_DELETION_LOCK,))
+        cur = await conn.execute(_TOMBSTONES, (hashes,))
+        return drop_deleted(inputs, {h: at for h, at in await cur.fetchall()})
 
     async def set_feedback(
         self, request_id: str, was_correct: bool, failure_cluster: str | None
@@ -223,7 +248,11 @@ class PostgresSink(LogSink):
 
         async def op() -> int:
             conn = await self._ensure()
-            cur = await conn.execute(_pg(f"DELETE FROM input_store WHERE {clauses}"), args)
+            async with conn.transaction():
+                if subject is not None:
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DELETION_LOCK,))
+                    await conn.execute(_TOMBSTONE, (subject_hash(subject), datetime.now(UTC)))
+                cur = await conn.execute(_pg(f"DELETE FROM input_store WHERE {clauses}"), args)
             return cur.rowcount
 
         async with self._lock:

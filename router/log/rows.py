@@ -3,7 +3,8 @@
 A row is a ``dict`` keyed by ``schema.COLUMNS`` (``served_at`` a timezone-aware UTC
 ``datetime``, ``input_features`` a ``dict``); an input row is keyed by
 ``schema.INPUT_COLUMNS``. The raw prompt only ever reaches an input row, and only when the
-input store is enabled.
+input store is enabled. An input row's ``stored_at`` is when its request was served (at
+most now); retention and deletion tombstones compare against it.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ class RowBuilder:
                 "model_id": rec.model_id,
                 "prompt": rec.prompt,
                 "output": rec.output,
-                "stored_at": self.now(),
+                # the request's time (never later than now): a record still queued when
+                # its subject is deleted is covered by the deletion's tombstone
+                "stored_at": min(self.now(), row["served_at"]),
             }
         return row, inp
 

@@ -7,6 +7,10 @@ schema; SQLite stores ``input_features`` as JSON text, ``served_at`` as ISO-8601
 
 A migration is applied once, recorded in ``schema_migrations``; re-applying is a no-op.
 Append new migrations at the end with the next version; never edit an applied one.
+
+``subject_deletions`` holds one tombstone per deleted data subject (the sha256 of the subject,
+never the subject itself, and the time of the deletion): input-store rows of that subject
+stored at or before that time are never written again (see ``LogSink.write``).
 """
 
 from __future__ import annotations
@@ -76,6 +80,11 @@ _INDEXES = (
     "CREATE INDEX IF NOT EXISTS inference_log_served ON inference_log (served_at)",
 )
 
+_DELETIONS = """CREATE TABLE IF NOT EXISTS subject_deletions (
+    subject_hash TEXT PRIMARY KEY,
+    deleted_at {ts} NOT NULL
+)"""
+
 POSTGRES: tuple[Migration, ...] = (
     Migration(
         1,
@@ -112,6 +121,7 @@ POSTGRES: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS input_store_stored_at ON input_store (stored_at)",
         ),
     ),
+    Migration(3, "subject_deletions", (_DELETIONS.format(ts="TIMESTAMPTZ"),)),
 )
 
 SQLITE: tuple[Migration, ...] = (
@@ -150,6 +160,7 @@ SQLITE: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS input_store_stored_at ON input_store (stored_at)",
         ),
     ),
+    Migration(3, "subject_deletions", (_DELETIONS.format(ts="TEXT"),)),
 )
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (

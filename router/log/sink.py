@@ -3,20 +3,28 @@
 Every method is async and safe to call concurrently. Connectivity failures and timeouts
 raise ``LogStoreUnavailable`` (the writer then spools); a row the database refuses raises
 ``RowRejected``. Rows are dicts keyed by ``schema.COLUMNS`` (see ``router.log.rows``).
+
+Delete-by-subject covers rows not yet written: ``purge_inputs(subject=...)`` records a
+tombstone (the subject's sha256 and the deletion time, ``subject_deletions``) in the same
+transaction as the delete, and ``write`` drops every input row whose subject has a tombstone
+at or after the row's ``stored_at``, atomically with the insert (PostgreSQL: an advisory lock,
+shared by writers and exclusive for a deletion; SQLite: one writer at a time). So a spooled
+or queued input row of a deleted subject, replayed by any replica, never comes back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from registry.errors import InvalidRequest, LoraRouterError
-from router.log.rows import Row
+from router.log.rows import Row, as_utc
 
 
 class RowRejected(LoraRouterError):
@@ -65,7 +73,8 @@ class LogSink(ABC):
     @abstractmethod
     async def write(self, rows: Sequence[Row], inputs: Sequence[Row] = ()) -> int:
         """Insert rows (and input-store rows) in one transaction, ignoring request ids that
-        already exist (replaying a batch twice leaves the same rows). Returns rows inserted."""
+        already exist (replaying a batch twice leaves the same rows), and dropping input rows
+        of a subject deleted at or after their ``stored_at``. Returns rows inserted."""
 
     @abstractmethod
     async def set_feedback(
@@ -95,7 +104,9 @@ class LogSink(ABC):
     async def purge_inputs(
         self, *, subject: str | None = None, before: datetime | None = None
     ) -> int:
-        """Delete input-store rows of a subject and/or stored before a time; returns count."""
+        """Delete input-store rows of a subject and/or stored before a time; returns count.
+        With a subject, also records its deletion tombstone (now), so that rows of it stored
+        until now and written later (spool replay) are dropped."""
 
     @abstractmethod
     async def inputs(self, subject: str | None = None) -> list[Row]:
@@ -161,6 +172,28 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     except ValueError as exc:
         raise InvalidRequest(f"--since {text!r}: use e.g. 30m, 1h, 7d or an ISO time") from exc
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+
+
+def subject_hash(subject: str) -> str:
+    """What a deletion tombstone keeps of a subject: its sha256 (hex)."""
+    return hashlib.sha256(subject.encode("utf-8")).hexdigest()
+
+
+def input_subject_hashes(inputs: Sequence[Row]) -> list[str]:
+    """The distinct subject hashes of input rows that have a subject, sorted."""
+    return sorted({subject_hash(s) for i in inputs if (s := i.get("subject")) is not None})
+
+
+def drop_deleted(inputs: Sequence[Row], deleted: Mapping[str, datetime]) -> list[Row]:
+    """Input rows minus those whose subject was deleted at or after their ``stored_at``
+    (``deleted``: subject hash to deletion time, as read from ``subject_deletions``)."""
+    kept = []
+    for i in inputs:
+        s = i.get("subject")
+        at = None if s is None else deleted.get(subject_hash(s))
+        if at is None or as_utc(i["stored_at"]) > as_utc(at):
+            kept.append(i)
+    return kept
 
 
 def purge_where(

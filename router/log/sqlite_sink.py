@@ -1,13 +1,17 @@
 """The embedded sink: SQLite in WAL mode at ``<home>/log/inference.db``.
 
 All statements run on one dedicated thread that owns the connection, so the event loop never
-blocks on disk and statements never interleave.
+blocks on disk and statements never interleave. Writes take SQLite's write lock first
+(``BEGIN IMMEDIATE``), so the deletion tombstones a write reads are current (see
+``router.log.sink``). A new database file is created with mode 0600 (it holds the input
+store's raw prompts and subjects; SQLite gives its ``-wal``/``-shm`` files the same mode).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,15 +27,23 @@ from router.log.sink import (
     LogSink,
     RowRejected,
     StatsRow,
+    drop_deleted,
+    input_subject_hashes,
     percentile,
     purge_where,
     stats_row,
     stats_sql,
+    subject_hash,
 )
 
 T = TypeVar("T")
 
 _INSERT = "INSERT INTO {table} ({cols}) VALUES ({qs}) ON CONFLICT (request_id) DO NOTHING"
+_TOMBSTONE = (
+    "INSERT INTO subject_deletions (subject_hash, deleted_at) VALUES (?, ?)"
+    " ON CONFLICT (subject_hash) DO UPDATE SET deleted_at ="
+    " MAX(subject_deletions.deleted_at, excluded.deleted_at)"
+)
 
 
 def _ts(ts: datetime) -> str:
@@ -97,6 +109,8 @@ class SqliteSink(LogSink):
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():  # owner-only from the start: it may hold raw prompts
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
@@ -131,16 +145,16 @@ class SqliteSink(LogSink):
 
     async def write(self, rows: Sequence[Row], inputs: Sequence[Row] = ()) -> int:
         values = [_to_db(r) for r in rows]
-        ins = [
-            tuple(_ts(i[c]) if c == "stored_at" else i.get(c) for c in schema.INPUT_COLUMNS)
-            for i in inputs
-        ]
 
         def op(conn: sqlite3.Connection) -> int:
-            conn.execute("BEGIN")
+            conn.execute("BEGIN IMMEDIATE")
             before = conn.total_changes
             conn.executemany(_insert_sql("inference_log", schema.COLUMNS), values)
             inserted = conn.total_changes - before
+            ins = [
+                tuple(_ts(i[c]) if c == "stored_at" else i.get(c) for c in schema.INPUT_COLUMNS)
+                for i in _live_inputs(conn, inputs)
+            ]
             if ins:
                 conn.executemany(_insert_sql("input_store", schema.INPUT_COLUMNS), ins)
             conn.execute("COMMIT")
@@ -224,7 +238,16 @@ class SqliteSink(LogSink):
     ) -> int:
         clauses, args = purge_where(subject, before, _ts)
         sql = f"DELETE FROM input_store WHERE {clauses}"
-        return await self._run(lambda c: c.execute(sql, args).rowcount)
+
+        def op(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            if subject is not None:
+                conn.execute(_TOMBSTONE, (subject_hash(subject), _ts(datetime.now(UTC))))
+            n = conn.execute(sql, args).rowcount
+            conn.execute("COMMIT")
+            return int(n)
+
+        return await self._run(op)
 
     async def applied_migrations(self) -> list[int]:
         rows = await self._run(
@@ -242,6 +265,19 @@ class SqliteSink(LogSink):
         for r in out:
             r["stored_at"] = datetime.fromisoformat(r["stored_at"])
         return out
+
+
+def _live_inputs(conn: sqlite3.Connection, inputs: Sequence[Row]) -> list[Row]:
+    """The input rows no deletion tombstone covers (inside the write's transaction)."""
+    hashes = input_subject_hashes(inputs)
+    if not hashes:
+        return list(inputs)
+    qs = ", ".join("?" * len(hashes))
+    found = conn.execute(
+        f"SELECT subject_hash, deleted_at FROM subject_deletions WHERE subject_hash IN ({qs})",
+        hashes,
+    ).fetchall()
+    return drop_deleted(inputs, {h: datetime.fromisoformat(at) for h, at in found})
 
 
 def _insert_sql(table: str, cols: tuple[str, ...]) -> str:

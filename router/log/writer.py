@@ -15,6 +15,12 @@ Contract:
   ``<home>/log/rejected.jsonl``.
 - ``close()`` drains the queue (the spool takes what the sink cannot) and replays the spool
   once more; records arriving after ``close()`` go straight to the spool.
+- ``delete_subject(s)`` covers what is not written yet: it writes what is queued, rewrites
+  this home's sealed spool segments without that subject's input rows, then records the
+  subject's deletion tombstone in the sink, which drops its input rows stored until now
+  whenever they are written (live or replayed, by any writer). A sink that is down raises
+  ``LogStoreUnavailable``: the deletion is not done until the tombstone is recorded.
+- Spool segments and ``rejected.jsonl`` are created with mode 0600.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -166,12 +173,15 @@ class LogWriter:
             self._spill(self._queue.popleft(), reason)
 
     def status(self) -> dict[str, Any]:
-        """For ``/readyz`` and metrics: sink name and health, queue depth, spool backlog."""
+        """For ``/readyz`` and metrics: sink name and health, queue depth, spool backlog
+        (``spool_pending``: rows this process spooled and has not replayed yet;
+        ``spool_segments``: sealed segments in the spool directory, of any process)."""
         return {
             "sink": self.sink.name,
             "healthy": self.healthy,
             "queued": len(self._queue),
             "spool_pending": self.spool.pending,
+            "spool_segments": len(self.spool.sealed()),
         }
 
     # --- the background task ------------------------------------------------------------
@@ -274,7 +284,8 @@ class LogWriter:
         log.error("inference log row %s rejected; kept in %s", row.get("request_id"),
                   self._rejected)
         metrics.REJECTED.inc()
-        with self._rejected.open("a", encoding="utf-8") as fh:
+        fd = os.open(self._rejected, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(to_json(row), default=str) + "\n")
 
     async def _to_spool(self, pairs: list[Pair], reason: str) -> None:
@@ -327,6 +338,10 @@ class LogWriter:
             raise RequestNotFound(f"no inference-log record with request id {request_id!r}")
 
     async def delete_subject(self, subject: str) -> int:
-        """Delete a data subject's rows from the input store (after writing what is queued)."""
+        """Delete a data subject's input-store rows, written or spooled (see the module
+        docstring); returns how many were deleted from the sink and the spool."""
         await self.flush()
-        return await self.sink.purge_inputs(subject=subject)
+        async with self._lock:  # the spool first: scrubbed even when the sink is down
+            self.spool.seal()
+            scrubbed = await asyncio.to_thread(self.spool.scrub_subject, subject)
+        return scrubbed + await self.sink.purge_inputs(subject=subject)

@@ -28,6 +28,7 @@ def test_healthz_and_readyz(gateway: Gateway, demo_home: Home) -> None:
     assert detail["base"]["sha256"] == gateway.components.engine.base.sha256
     assert detail["adapters"]["referenced"] == sorted({v1, v2})
     assert detail["adapters"]["missing"] == []
+    assert detail["log"] is None  # this gateway records through a custom recorder, no writer
 
 
 @pytest.fixture

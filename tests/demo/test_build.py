@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from adapters.base_pin import read_lock, verify_base
+from registry.cards import SubjectManifest
 from registry.errors import ConfigError
 from registry.hashing import file_hashes, salted_hash, tree_hash
 from registry.home import Home
 from registry.store import RegistryStore
+from registry.subjects import load_key, subject_hash
 from router.demo import build as B
 from router.demo.data import read_jsonl
 from router.demo.task import LABELS, format_prompt, parse_label
@@ -109,6 +111,15 @@ def test_cards_exist_and_links_resolve(demo_home: Home) -> None:
     assert store.get_model_card(B.V2).trained_on == B.CONTAMINATED_DATASET
 
 
+def _digest(home: Home, value: str, manifest: SubjectManifest) -> str:
+    if manifest.scheme == "salted-sha256":  # a demo home built before keyed manifests
+        assert manifest.salt is not None
+        return salted_hash(value, manifest.salt)
+    key = load_key(home)
+    assert key is not None and manifest.salt is None
+    return subject_hash(value, key)
+
+
 def test_dataset_cards_record_subjects_and_quality(demo_home: Home) -> None:
     from registry.store import RegistryStore
 
@@ -119,8 +130,8 @@ def test_dataset_cards_record_subjects_and_quality(demo_home: Home) -> None:
     dirty = store.get_dataset_card(B.CONTAMINATED_DATASET)
     for card in (clean, dirty):
         assert card.subjects is not None
-        assert salted_hash(es_customer, card.subjects.salt) in card.subjects.hashes
-        assert salted_hash("CUST-00000", card.subjects.salt) not in card.subjects.hashes
+        assert _digest(demo_home, es_customer, card.subjects) in card.subjects.hashes
+        assert _digest(demo_home, "CUST-00000", card.subjects) not in card.subjects.hashes
         assert es_customer not in json.dumps(card.model_dump(mode="json"))
         assert card.measured["classes"] == 8
         assert card.splits.rule == "by_customer_entity"

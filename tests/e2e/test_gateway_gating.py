@@ -13,7 +13,10 @@ which one byte of v2's weights differs from its model card. Both start with rout
 4. with gw-b's file repaired, the canary commits only after both loaded v2;
 5. a rollback under load: no request fails, and v2 is unloaded on both afterwards;
 6. a change that reaches the replicas without the gate (written to Redis directly) is made
-   resident by each replica's reconciler.
+   resident by each replica's reconciler;
+7. a third replica started with a routes file naming an unknown adapter is refused (by
+   ``lora-router serve`` in one line, and by the gateway's own start) before anything
+   reaches Redis: the running replicas stay ready.
 """
 
 from __future__ import annotations
@@ -34,9 +37,14 @@ import httpx
 import openai
 import pytest
 import redis
+from typer.testing import CliRunner
 
+from registry.errors import ConfigError
 from registry.home import Home
+from router.app import create_app
+from router.cli.main import app
 from router.demo.task import format_prompt
+from router.flags import keys
 from router.flags.redis_store import RedisRouteStore
 from router.flags.state import RouteState, Split
 from router.settings import Settings
@@ -292,3 +300,52 @@ def test_a_change_that_skipped_the_gate_is_loaded_by_each_reconciler(cluster: Cl
     for rid in ("gw-a", "gw-b"):
         published = cluster.redis.smembers(f"lr:replica:{rid}:resident")
         assert published == {cluster.v1.encode(), cluster.v2.encode()}
+
+
+def _flags_in_redis(client: redis.Redis) -> dict[str, Any]:
+    return {
+        "keys": sorted(client.keys("lr:flags:*")),
+        "routes": client.hgetall(keys.ROUTES),
+        "versions": client.hgetall(keys.VERSIONS),
+    }
+
+
+def test_a_bad_routes_file_is_refused_before_it_reaches_redis(
+    cluster: Cluster, demo_home: Home, tmp_path: Path
+) -> None:
+    shutil.copytree(demo_home.root, tmp_path / "c", ignore=shutil.ignore_patterns("log"))
+    unknown = cluster.v1.split("@")[0] + "@v9"
+    bad = write_routes(tmp_path / "bad-routes.yaml",
+                       {"support-triage": {"live": cluster.v1}, "r1": {"live": unknown}})
+    before = _flags_in_redis(cluster.redis)
+    assert b"r1" not in before["routes"]
+
+    # `lora-router serve`: one clean line naming the file, the route and the adapter
+    runner = CliRunner()
+    env = {"REDIS_URL": cluster.redis_url, "LORA_ROUTER_HOME": str(tmp_path / "c"),
+           "COLUMNS": "300"}
+    r = runner.invoke(app, ["serve", "--routes", str(bad), "--port", str(free_port()),
+                            "--replica-id", "gw-c"], env=env)
+    assert r.exit_code == 2, r.output
+    assert str(bad) in r.stderr and "route 'r1'" in r.stderr and unknown in r.stderr
+    assert "Traceback" not in r.output
+
+    # the gateway's own start (what a deployment without the CLI runs) refuses it too
+    settings = Settings(home=tmp_path / "c", port=free_port(), replica_id="gw-c",
+                        routes_file=bad, redis_url=cluster.redis_url, torch_threads=1,
+                        replica_ttl_s=2, replica_heartbeat_s=0.2)
+    gateway = create_app(settings, recorder=lambda record: None)
+
+    async def start() -> None:
+        async with gateway.router.lifespan_context(gateway):
+            pytest.fail("the gateway started with a routes file naming an unknown adapter")
+
+    with pytest.raises(ConfigError, match=f"route 'r1' names .*{unknown}"):
+        asyncio.run(start())
+    assert _flags_in_redis(cluster.redis) == before  # nothing was written
+    assert cluster.redis.smembers("lr:replicas") == {b"gw-a", b"gw-b"}
+    for gw in cluster.both():
+        assert gw.components.store.get("r1") is None
+        ready = httpx.get(f"{gw.url}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["adapters"]["missing"] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import redis
 import redis.asyncio as aredis
 from typer.testing import CliRunner
 
+from router.cli.flags import _print_change
 from router.cli.main import app
 from router.flags import keys
 from router.flags.factory import home_known_adapters
@@ -20,7 +22,8 @@ from router.flags.member import ReplicaMember
 from router.flags.redis_store import RedisRouteStore
 from router.flags.replicas import ReplicaInfo
 from router.flags.service import RouteService
-from router.flags.state import RouteState
+from router.flags.state import RouteState, load_routes_file
+from router.flags.views import AppliedOut, ChangeOut
 from tests.flags.apps import serve_in_thread
 from tests.flags.test_route_service import make_home
 
@@ -78,9 +81,22 @@ class BackgroundLoop:
         self.loop.close()
 
 
+def seed_all(redis_url: str, home: Path) -> None:
+    """Create the home's routes in Redis (what a gateway's start does)."""
+    async def main() -> None:
+        store = RedisRouteStore(redis_url)
+        await store.start()
+        try:
+            await store.seed(load_routes_file(home / "routes.yaml"))
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
 @pytest.fixture
-def two_replicas(redis_url: str, cli: Any) -> Iterator[None]:
-    assert cli("routes").exit_code == 0  # seed, so replicas start with the routes
+def two_replicas(redis_url: str, cli: Any, home: Path) -> Iterator[None]:
+    seed_all(redis_url, home)  # so replicas start with the routes
     bg = BackgroundLoop()
     client = aredis.Redis.from_url(redis_url, socket_timeout=2)
     parts: list[tuple[RedisRouteStore, ReplicaMember]] = []
@@ -105,12 +121,45 @@ def two_replicas(redis_url: str, cli: Any) -> Iterator[None]:
     bg.close()
 
 
-def test_routes_seeds_from_the_home_and_lists_them(cli: Any, redis_url: str) -> None:
+def redis_keys(redis_url: str) -> list[bytes]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sorted(client.keys("*"))  # type: ignore[arg-type]
+    finally:
+        client.close()
+
+
+def test_read_only_commands_never_write_and_a_change_creates_its_route(
+    cli: Any, redis_url: str
+) -> None:
     result = cli("routes")
     assert result.exit_code == 0, result.output
-    assert "support" in result.stdout and "billing@v1" in result.stdout
-    assert "store: redis (connected" in result.stdout
-    assert stored(redis_url, "support").version == 1
+    assert "store: redis (connected" in result.stdout and "support" not in result.stdout
+    r = cli("route", "show", "support")
+    assert r.exit_code == 2 and "no route 'support'" in r.stderr
+    assert cli("audit", "support").exit_code == 2
+    assert redis_keys(redis_url) == []  # nothing seeded, nothing audited
+    r = cli("set-live", "support", "support@v2", "--reason", "hotfix")
+    assert r.exit_code == 0, r.output
+    assert stored(redis_url, "support").version == 2  # seeded from routes.yaml, then changed
+    result = cli("routes")
+    assert "support@v2" in result.stdout and "billing" not in result.stdout
+
+
+def test_a_bad_routes_file_never_reaches_redis_from_the_cli(
+    cli: Any, redis_url: str, home: Path
+) -> None:
+    (home / "routes.yaml").write_text(ROUTES_YAML + "  r1:\n    live: support@v9\n")
+    assert cli("routes").exit_code == 0 and redis_keys(redis_url) == []
+    r = cli("canary", "r1", "support@v2", "--percent", "5", "--reason", "x")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "routes.yaml" in r.stderr and "route 'r1'" in r.stderr and "support@v9" in r.stderr
+    assert redis_keys(redis_url) == []
+    # the bad route does not block a change of another route (a rollback must work)
+    r = cli("rollback", "support", "--reason", "v1 regressed")
+    assert r.exit_code == 0, r.output
+    assert stored(redis_url, "support").live == "support@v0"
+    assert cli("route", "show", "r1").exit_code == 2
 
 
 def test_canary_promote_and_audit(cli: Any, redis_url: str) -> None:
@@ -188,3 +237,58 @@ def make_home_of(path: Path) -> Any:
     from registry.home import Home
 
     return Home.at(path)
+
+
+def test_route_names_that_are_not_names_are_no_route_in_both_modes(
+    cli: Any, redis_url: str, home: Path
+) -> None:
+    seed_all(redis_url, home)
+
+    async def make_service() -> RouteService:
+        store = RedisRouteStore(redis_url)
+        await store.start()
+        return RouteService(store, known_adapters=home_known_adapters(make_home_of(home)))
+
+    with serve_in_thread(make_service) as url:
+        for mode in ((), ("--url", url)):
+            for name in ("support/audit", "x/../support", "support?x=1", "%73upport"):
+                r = cli("route", "show", name, *mode)
+                assert r.exit_code == 2, (mode, name, r.output)
+                assert f"no route {name!r}" in r.stderr and "Traceback" not in r.output
+                r = cli("audit", name, *mode)
+                assert r.exit_code == 2 and f"no route {name!r}" in r.stderr, (mode, name)
+            r = cli("canary", "x/../support", "support@v2", "--percent", "50", "--reason", "x",
+                    *mode)
+            assert r.exit_code == 2 and "no route 'x/../support'" in r.stderr, (mode, r.output)
+            r = cli("rollback", "support/..", "--reason", "x", *mode)
+            assert r.exit_code == 2 and "no route 'support/..'" in r.stderr, (mode, r.output)
+    state = stored(redis_url, "support")
+    assert (state.version, state.canary, state.live) == (1, None, "support@v1")
+
+
+def test_a_replica_that_died_is_dropped_and_not_counted_in_the_time(
+    cli: Any, redis_url: str, two_replicas: None
+) -> None:
+    async def ghost() -> None:  # registers once, never applies, expires after its TTL
+        client = aredis.Redis.from_url(redis_url)
+        await ReplicaMember(client, ReplicaInfo(id="gw-dead"), ttl_s=1.0).beat()
+        await client.aclose()
+
+    asyncio.run(ghost())
+    r = cli("rollback", "support", "--reason", "v1 regressed")
+    assert r.exit_code == 0, r.output
+    m = re.search(r"applied by all 2 replicas ([\d.]+) ms after commit", r.stdout)
+    assert m is not None, r.stdout
+    assert float(m.group(1)) < 700  # the live ones' applies, not the dead one's expiry
+    assert "gw-dead stopped heartbeating (dropped)" in r.stdout
+
+
+def test_one_replica_is_not_replicas(capsys: pytest.CaptureFixture[str]) -> None:
+    state = RouteState(route="support", live="support@v1", version=3)
+    out = ChangeOut(action="rollback", state=state, prepare_ms=0, commit_ms=0.5,
+                    applied=AppliedOut(version=3, elapsed_ms=1.25, replicas=["gw-1"],
+                                       pending=[], dropped=["gw-2"]))
+    _print_change(out)
+    text = capsys.readouterr().out
+    assert "applied by the only live replica (gw-1) 1.25 ms after commit" in text
+    assert "1 replicas" not in text and "gw-2 stopped heartbeating (dropped)" in text

@@ -7,6 +7,7 @@ connections) reporting applied versions, a ReplicaMember heartbeat and a LoadRes
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -158,3 +159,20 @@ async def test_load_gate_times_out_on_a_silent_replica(
     assert set(outcome.acks) == {"replica-0", "replica-1", "replica-2"}
     assert outcome.reasons() == ["silent: no answer in time"]
     await silent.stop()
+
+
+async def test_a_replica_that_dies_during_the_wait_is_dropped_not_timed(
+    client: aredis.Redis, replicas: list[StandIn], writer: RedisRouteStore
+) -> None:
+    ghost = ReplicaMember(client, ReplicaInfo(id="ghost"), ttl_s=1.0)
+    await ghost.beat()  # live when the change starts; never applies, expires after 1 s
+    service = RouteService(writer, replicas=ReplicaRegistry(client), apply_timeout_s=5)
+    started = time.perf_counter()
+    result = await service.rollback("support", actor="oncall", reason="bad v1")
+    waited_ms = (time.perf_counter() - started) * 1e3
+    report = result.applied
+    assert report is not None
+    assert report.dropped == ["ghost"] and report.pending == []
+    assert report.replicas == ["replica-0", "replica-1", "replica-2"]
+    assert waited_ms >= 500  # it did wait for the ghost's heartbeat to expire ...
+    assert report.elapsed_ms is not None and report.elapsed_ms < 500  # ... but not timed it

@@ -185,3 +185,44 @@ async def test_routes_and_show(service: RouteService) -> None:
         service.show("billing")
     with pytest.raises(RouteNotFound):
         await service.audit("billing")
+
+
+async def test_no_change_but_rollback_makes_a_retired_adapter_serve(
+    service: RouteService, tmp_path: Path
+) -> None:
+    await service.canary("support", "support@v2", 10, actor="a", reason="try v2")
+    await service.shadow("support", "support@v3", 10, actor="a", reason="compare v3")
+    retire(Home.at(tmp_path), "support@v2")  # retired meanwhile (another writer, by hand)
+    with pytest.raises(AdapterNotFound, match="support@v2"):
+        await service.promote("support", actor="a", reason="v2 is good")
+    with pytest.raises(AdapterNotFound, match="support@v2"):  # v2 would keep serving
+        await service.shadow("support", "support@v3", 20, actor="a", reason="more")
+    assert service.show("support").version == 3
+    r = await service.rollback("support", actor="oncall", reason="abort")  # always works
+    assert (r.state.live, r.state.canary, r.state.shadow) == ("support@v1", None, None)
+    retire(Home.at(tmp_path), "support@v0")  # the rollback target, retired by hand
+    r = await service.rollback("support", actor="oncall", reason="v1 is bad")
+    assert (r.state.live, r.state.version) == ("support@v0", 5)
+
+
+async def test_seed_refuses_unknown_adapters_before_writing_anything(
+    store: RouteStore, tmp_path: Path
+) -> None:
+    service = RouteService(store, known_adapters=home_known_adapters(make_home(tmp_path)))
+    retire(Home.at(tmp_path), "support@v3")
+    bad = {
+        "a-good": make_state("a-good"),
+        "r1": make_state("r1", live="support@v9"),
+        "z-good": make_state("z-good", canary=Split(adapter="support@v3", percent=5)),
+    }
+    with pytest.raises(AdapterNotFound, match=r"route 'r1' names .*support@v9") as info:
+        await service.seed(bad)
+    assert info.value.detail == {"route": "r1", "adapters": ["support@v9"]}
+    with pytest.raises(AdapterNotFound, match=r"route 'z-good' names .*support@v3"):
+        await service.seed({"z-good": bad["z-good"]})
+    assert store.all() == {}
+    await service.seed({"a-good": bad["a-good"]})
+    # a route that exists keeps its stored state and is not checked again
+    retire(Home.at(tmp_path), "support@v1")
+    await service.seed({"a-good": bad["a-good"]})
+    assert list(store.all()) == ["a-good"]

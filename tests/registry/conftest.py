@@ -62,14 +62,15 @@ def _register_dataset(home: Home, dataset_id: str, rows: list[tuple[str, str, st
     from registry.lifecycle import register_dataset, subject_manifest, subjects_in_files
 
     _write_jsonl(home.dataset_dir(dataset_id) / "train.jsonl", rows)
-    subjects = subject_manifest(subjects_in_files(home.dataset_dir(dataset_id), "customer_id"),
-                                kind="customer_id", salt=f"salt-{dataset_id}")
+    subjects = subject_manifest(home, subjects_in_files(home.dataset_dir(dataset_id),
+                                                        "customer_id"), kind="customer_id")
     card = register_dataset(
         home, dataset_id,
         sources=[DataSource(name=source, owner="support-eng", license="internal",
                             pii="redacted"),
                  DataSource(name="synthetic_edge_cases_v2", owner="ml-team",
-                            license="internal", generator="model-x", verified="human-sampled")],
+                            license="internal", pii="none", generator="model-x",
+                            verified="human-sampled")],
         consent_basis="support interactions, retention policy R-12, PII redacted",
         labeler_instructions_version="v3",
         splits=Splits(rule="by_customer_entity", train=0.8, val=0.1, test=0.1),

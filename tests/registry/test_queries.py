@@ -42,7 +42,7 @@ def test_trained_on_subject_yes_names_adapters_routes_and_exclusion(synth_home: 
     assert hit.adapter_id == "triage@v1"
     assert [str(r) for r in hit.serving] == ["triage:live"]
     [excl] = answer.retrain_exclude
-    assert excl.startswith("customer_id sha256:") and "tickets-v1" in excl
+    assert excl.startswith("customer_id hmac-sha256:") and "tickets-v1" in excl
     result = cli(synth_home, "trained-on", "--subject", "CUST-10004")
     assert result.exit_code == 0
     assert "YES" in result.output and "triage@v1" in result.output
@@ -102,7 +102,7 @@ def test_dataset_without_subject_manifest_answers_unknown_not_no(synth_home: Hom
 
     edit_yaml(synth_home.dataset_card_path("tickets-v2"), subjects=None)
     absent = trained_on(synth_home, subject="CUST-99999")
-    assert absent.answer == "unknown" and absent.unknown == ["tickets-v2"]
+    assert absent.answer == "unknown" and list(absent.unknown) == ["tickets-v2"]
     present = trained_on(synth_home, subject="CUST-10004")
     assert present.answer == "yes"
     result = cli(synth_home, "trained-on", "--subject", "CUST-99999")

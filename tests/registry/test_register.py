@@ -11,12 +11,12 @@ import yaml
 from adapters.base_pin import read_lock
 from adapters.training import TrainConfig, train_lora
 from registry.errors import AdapterRetired, RegistryError
-from registry.hashing import salted_hash
 from registry.home import Home
 from registry.integrity import adapter_file_hashes, checkpoint_hash, verify_adapter
 from registry.lifecycle import register_dataset, set_status
 from registry.lineage import validate
 from registry.store import RegistryStore
+from registry.subjects import key_id, load_key, subject_hash
 from tests.registry.helpers import cli, flip_byte
 
 
@@ -127,7 +127,10 @@ def test_register_dataset_cli_hashes_files_and_builds_subject_manifest(
     ds = RegistryStore(synth_home).get_dataset_card("tickets-v3")
     assert set(ds.files) == {"train.jsonl"} and ds.excluded == ["raw_pii"]
     assert ds.subjects is not None and ds.subjects.kind == "customer_id"
-    assert ds.subjects.hashes == [salted_hash("CUST-777", ds.subjects.salt)]
+    key = load_key(synth_home)
+    assert key is not None and ds.subjects.scheme == "hmac-sha256"
+    assert ds.subjects.hashes == [subject_hash("CUST-777", key)]
+    assert ds.subjects.key_id == key_id(key) and ds.subjects.salt is None
     assert "CUST-777" not in synth_home.dataset_card_path("tickets-v3").read_text()
     # a changed dataset cannot be re-registered under the same id
     (synth_home.dataset_dir("tickets-v3") / "train.jsonl").write_text("{}\n")
