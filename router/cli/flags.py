@@ -122,10 +122,14 @@ def _print_change(out: ChangeOut) -> None:
     console.print(f"[bold]{out.action}[/bold] {s.route}: version {s.version}  {_summary(s)}")
     a = out.applied
     timing = f"committed in {out.commit_ms:.2f} ms"
-    if a is not None and a.replicas and out.prepare_ms >= 0.01:
-        timing = f"replicas loaded new adapters in {out.prepare_ms:.1f} ms; " + timing
+    if out.prepare_ms >= 0.01:
+        where = "every replica" if a is not None and a.replicas else "the gateway"
+        timing = f"{where} loaded the new adapters in {out.prepare_ms:.1f} ms; " + timing
     console.print(timing)
-    if a is None or not (a.replicas or a.dropped):
+    if a is None:  # the in-process store: the gateway that took the change is the only one
+        console.print("applied by the gateway at once (in-process route store)")
+        return
+    if not (a.replicas or a.dropped):
         console.print("no gateway replicas registered: nothing to wait for")
         return
     n = len(a.replicas)

@@ -292,3 +292,15 @@ def test_one_replica_is_not_replicas(capsys: pytest.CaptureFixture[str]) -> None
     text = capsys.readouterr().out
     assert "applied by the only live replica (gw-1) 1.25 ms after commit" in text
     assert "1 replicas" not in text and "gw-2 stopped heartbeating (dropped)" in text
+
+
+def test_the_in_process_store_says_the_gateway_applied_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    state = RouteState(route="support", live="support@v2", version=2)
+    out = ChangeOut(action="set-live", state=state, prepare_ms=12.5, commit_ms=0.1, applied=None)
+    _print_change(out)
+    text = capsys.readouterr().out
+    assert "the gateway loaded the new adapters in 12.5 ms" in text
+    assert "applied by the gateway at once (in-process route store)" in text
+    assert "no gateway replicas registered" not in text
