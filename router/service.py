@@ -14,7 +14,6 @@ OpenAI's shapes; this module knows nothing about HTTP. Hooks for later issues:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -57,7 +56,7 @@ class ShadowDispatcher(Protocol):
         self,
         primary: GenerationRequest,
         decision: Decision,
-        route_key_hash: str | None,
+        route_key: str | None,
         *,
         subject: str | None = None,
     ) -> None:
@@ -99,7 +98,7 @@ class Completion:
 class _Ctx:
     call: Call
     started: float
-    key_hash: str
+    key: str  # the routing key (hashed by the log writer, off the request path)
     decision: Decision | None = None
 
     def model_id(self, base_name: str) -> str:
@@ -112,11 +111,6 @@ class _Ctx:
         return Served(self.call.request_id, self.model_id(base_name), self.decision)
 
 
-def key_hash(key: str) -> str:
-    """The routing key as stored in the log: a short sha256, never the raw user id."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
 def build_record(
     *,
     request_id: str,
@@ -125,7 +119,7 @@ def build_record(
     base_model_id: str,
     decision: Decision | None,
     started: float,
-    route_key_hash: str | None,
+    route_key: str | None,
     result: GenerationResult | None = None,
     error: BaseException | None = None,
     output: str = "",
@@ -133,11 +127,11 @@ def build_record(
     arm: str | None = None,
     subject: str | None = None,
 ) -> InferenceRecord:
-    """One ``inference_log`` row for a served (``result``) or failed (``error``) request."""
+    """One ``inference_log`` record for a served (``result``) or failed (``error``) request
+    (no hashing here: the writer derives ``input_hash`` and ``route_key_hash``)."""
     return InferenceRecord(
         request_id=request_id,
         model_id=model_id,
-        input_hash=hashlib.sha256(prompt.encode()).hexdigest(),
         output=result.text if result is not None else output,
         served_at=datetime.now(UTC),
         confidence=result.confidence if result is not None else None,
@@ -149,7 +143,7 @@ def build_record(
         latency_ms=(time.perf_counter() - started) * 1000.0,
         prompt_tokens=result.prompt_tokens if result is not None else None,
         completion_tokens=result.completion_tokens if result is not None else None,
-        route_key_hash=route_key_hash,
+        route_key=route_key,
         status="ok" if error is None else "error",
         error=_describe(error),
         subject=subject,
@@ -235,7 +229,7 @@ class CompletionService:
     # -- serving ----------------------------------------------------------------------
     def _begin(self, call: Call) -> tuple[_Ctx, GenerationRequest]:
         key = call.route_key or call.request_id
-        ctx = _Ctx(call, time.perf_counter(), key_hash(key))
+        ctx = _Ctx(call, time.perf_counter(), key)
         if call.params.max_tokens > self._max_context:
             raise InvalidRequest(
                 f"max_tokens {call.params.max_tokens} exceeds the context window "
@@ -319,7 +313,7 @@ class CompletionService:
         if self.shadow is None or decision is None or not decision.shadow_adapter:
             return
         try:
-            self.shadow.submit(request, decision, ctx.key_hash, subject=ctx.call.user)
+            self.shadow.submit(request, decision, ctx.key, subject=ctx.call.user)
         except Exception:  # the primary is served: its shadow must never fail it
             log.exception("shadow dispatch failed for request %s", ctx.call.request_id)
 
@@ -344,7 +338,7 @@ class CompletionService:
         else:  # cancelled or closed (the client went away): record, re-raise as is
             err = exc
         if ctx is None:
-            ctx = _Ctx(call, time.perf_counter(), key_hash(call.route_key or call.request_id))
+            ctx = _Ctx(call, time.perf_counter(), call.route_key or call.request_id)
         self._record(ctx, error=err, output=output)
         return err
 
@@ -365,7 +359,7 @@ class CompletionService:
             base_model_id=self._base_name,
             decision=ctx.decision,
             started=ctx.started,
-            route_key_hash=ctx.key_hash,
+            route_key=ctx.key,
             result=result,
             error=error,
             output=output,

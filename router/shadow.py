@@ -99,7 +99,7 @@ class BackgroundShadow:
         self,
         primary: GenerationRequest,
         decision: Decision,
-        route_key_hash: str | None,
+        route_key: str | None,
         *,
         subject: str | None = None,
     ) -> None:
@@ -114,7 +114,7 @@ class BackgroundShadow:
             copy = GenerationRequest(
                 f"{primary.request_id}-shadow", primary.prompt, adapter, primary.params
             )
-            coro = self._run(copy, primary.request_id, decision, route_key_hash, subject)
+            coro = self._run(copy, primary.request_id, decision, route_key, subject)
             task = asyncio.get_running_loop().create_task(coro, name=copy.request_id)
         except Exception:  # never fail the primary over its shadow
             log.exception("could not schedule the shadow copy of %s", primary.request_id)
@@ -153,7 +153,7 @@ class BackgroundShadow:
         copy: GenerationRequest,
         parent_id: str,
         decision: Decision,
-        route_key_hash: str | None,
+        route_key: str | None,
         subject: str | None,
     ) -> None:
         started = time.perf_counter()
@@ -168,7 +168,7 @@ class BackgroundShadow:
                 base_model_id=self._base,
                 decision=decision,
                 started=started,
-                route_key_hash=route_key_hash,
+                route_key=route_key,
                 result=result,
                 error=error,
                 parent_request_id=parent_id,

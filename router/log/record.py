@@ -1,13 +1,14 @@
 """One row of ``inference_log``: the seed chapter's columns plus what the product needs.
 
-Built on the request path with what is already at hand (no I/O, no hashing of large data
-beyond the prompt's sha256); ``input_features`` are computed off the request path by the
-writer from ``prompt`` which is dropped before the row is stored (raw prompts are never
-written to ``inference_log``).
+Built on the request path with what is already at hand: no I/O and no hashing. The writer,
+off the request path, derives ``input_hash`` from ``prompt``, ``route_key_hash`` from
+``route_key`` and ``input_features``; ``prompt`` and ``route_key`` are transient and never
+written to ``inference_log``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -20,9 +21,9 @@ class InferenceRecord:
     # the seed chapter's columns
     request_id: str
     model_id: str  # the adapter that served it (or the base's name)
-    input_hash: str
     output: str
     served_at: datetime
+    input_hash: str | None = None  # None: derived from ``prompt`` by the writer
     input_features: dict[str, Any] | None = None
     confidence: float | None = None
     was_correct: bool | None = None
@@ -36,7 +37,7 @@ class InferenceRecord:
     latency_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    route_key_hash: str | None = None
+    route_key_hash: str | None = None  # None: derived from ``route_key`` by the writer
     policy_version: str | None = None
     status: Status = "ok"
     error: str | None = None
@@ -45,3 +46,16 @@ class InferenceRecord:
     subject: str | None = None
     # transient: used to compute input_features off the request path, never stored
     prompt: str | None = field(default=None, repr=False)
+    # transient: the routing key (OpenAI ``user``, ``x-route-key`` or the request id); only
+    # its hash is stored
+    route_key: str | None = field(default=None, repr=False)
+
+
+def hash_input(prompt: str) -> str:
+    """``input_hash``: the prompt's sha256."""
+    return hashlib.sha256(prompt.encode()).hexdigest()
+
+
+def hash_route_key(key: str) -> str:
+    """``route_key_hash``: a short sha256 of the routing key, never the raw user id."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]

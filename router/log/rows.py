@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from router.log.features import LabelsFor, TokenCounter, compute_features
-from router.log.record import InferenceRecord
+from router.log.record import InferenceRecord, hash_input, hash_route_key
 from router.log.schema import COLUMNS, INPUT_COLUMNS
 
 Row = dict[str, Any]
@@ -44,6 +44,10 @@ class RowBuilder:
         if rec.input_features:
             feats.update(rec.input_features)
         row = {col: getattr(rec, col) for col in COLUMNS}
+        if row["input_hash"] is None:  # hashed here, off the request path
+            row["input_hash"] = hash_input(rec.prompt or "")
+        if row["route_key_hash"] is None and rec.route_key is not None:
+            row["route_key_hash"] = hash_route_key(rec.route_key)
         row["input_features"] = feats
         row["output"] = rec.output or ""
         row["served_at"] = as_utc(rec.served_at)

@@ -129,7 +129,8 @@ class LogWriter:
                 pairs.append(self._builder.build(rec))
             except Exception:  # a malformed record must not take its batch down
                 log.exception("inference record %s could not be built", rec.request_id)
-                fields = {k: v for k, v in asdict(rec).items() if k != "prompt"}
+                fields = {k: v for k, v in asdict(rec).items()
+                          if k not in ("prompt", "route_key")}
                 self._dead_letter(fields)
         return pairs
 

@@ -20,7 +20,8 @@ from prometheus_client import REGISTRY
 from adapters.engine import Engine, GenerationRequest, GenerationResult, SamplingParams
 from adapters.factory import build_engine
 from registry.home import Home
-from router.log.record import InferenceRecord
+from router.log.record import InferenceRecord, hash_input, hash_route_key
+from router.log.rows import RowBuilder
 from router.routing import Decision
 from router.service import Recorder
 from router.settings import Settings
@@ -135,7 +136,9 @@ async def test_shadow_copy_is_recorded_not_returned_and_not_waited_for(
     assert shadow.arm == "shadow" and shadow.model_id == v2 and shadow.status == "ok"
     assert shadow.parent_request_id == rid and primary.parent_request_id is None
     assert shadow.route == ROUTE and shadow.flag_version == int(r.headers["x-flag-version"])
-    assert shadow.input_hash == primary.input_hash
+    rows = [RowBuilder().build(x)[0] for x in (primary, shadow)]
+    assert rows[1]["input_hash"] == rows[0]["input_hash"] == hash_input(primary.prompt or "")
+    assert rows[1]["route_key_hash"] == rows[0]["route_key_hash"] is not None
     # the copy ran on v2 with the same prompt and params (greedy: same text as a pinned call)
     assert shadow.output == pinned.json()["choices"][0]["text"]
     assert gw.shadow.dropped == {} and gw.shadow.submitted == 1
@@ -215,7 +218,8 @@ async def test_copies_are_dropped_while_the_engine_is_saturated(demo_home: Home)
     assert [(r.request_id, r.arm, r.model_id, r.status) for r in records] == [
         ("p-1-shadow", "shadow", v2, "ok")
     ]
-    assert records[0].flag_version == 3 and records[0].route_key_hash == "k"
+    assert records[0].flag_version == 3 and records[0].route_key == "k"
+    assert RowBuilder().build(records[0])[0]["route_key_hash"] == hash_route_key("k")
 
 
 async def test_close_records_cancelled_copies_and_refuses_new_ones(demo_home: Home) -> None:

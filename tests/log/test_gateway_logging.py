@@ -6,12 +6,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
-import pytest
 import uvicorn
-
-# the gateway's engine factory and the demo builder land with their own issues
-pytest.importorskip("adapters.factory")
-pytest.importorskip("router.demo.build")
 
 from registry.home import Home
 from router.api.feedback import router as feedback_router
