@@ -67,16 +67,6 @@ class RowBuilder:
             }
         return row, inp
 
-    def build_many(self, recs: list[InferenceRecord]) -> tuple[list[Row], list[Row]]:
-        rows: list[Row] = []
-        inputs: list[Row] = []
-        for rec in recs:
-            row, inp = self.build(rec)
-            rows.append(row)
-            if inp is not None:
-                inputs.append(inp)
-        return rows, inputs
-
 
 def as_utc(ts: datetime) -> datetime:
     """Naive datetimes are taken as UTC."""
