@@ -28,7 +28,7 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from adapters.decoding import Codec, Row, sample_tokens
+from adapters.decoding import Codec, Row, fail_alone, sample_tokens
 from adapters.slots import SlotBank, SlotPlan
 from registry.errors import EngineError, EngineOverloaded, LoraRouterError
 
@@ -146,10 +146,15 @@ class Decoder:
         return logits
 
     def _choose(self, rows: Sequence[Row], logits: torch.Tensor) -> torch.Tensor:
+        """Sample and take each row's next token; a row that fails here fails alone (it is
+        ``done``, so the next :meth:`prune` drops it before another forward pass)."""
         tokens, probs = sample_tokens(rows, logits)
         for row, tok, p in zip(rows, tokens, probs, strict=True):
             if not row.done:
-                row.accept(tok, p, self.eos_ids, self.codec)
+                try:
+                    row.accept(tok, p, self.eos_ids, self.codec)
+                except Exception as exc:  # this row's text or sink: not its batch mates'
+                    fail_alone(row, f"engine failure: {exc}", exc)
         return torch.tensor(tokens, dtype=torch.long, device=self.device)
 
     def prefill(self, rows: list[Row]) -> RunningBatch:
@@ -249,7 +254,12 @@ class Decoder:
     def finish(self, rows: Sequence[Row]) -> None:
         for r in rows:
             if r.finish is not None and not r.reported and not r.sink.cancelled():
-                r.report(r.result(self.codec))
+                try:
+                    result = r.result(self.codec)
+                except Exception as exc:  # this row's final text: not its batch mates'
+                    fail_alone(r, f"engine failure: {exc}", exc)
+                    continue
+                r.report(result)
 
     def run_all(self, rows: list[Row]) -> None:
         """Decode ``rows`` together to completion (no joining), reporting each as it ends."""

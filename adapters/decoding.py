@@ -8,6 +8,7 @@ is only released once no stop sequence can still begin inside it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,8 +16,10 @@ from typing import Any, Protocol
 
 import torch
 
-from adapters.engine import FinishReason, GenerationRequest, GenerationResult
-from registry.errors import LoraRouterError
+from adapters.engine import FinishReason, GenerationRequest, GenerationResult, SamplingParams
+from registry.errors import EngineError, LoraRouterError
+
+log = logging.getLogger(__name__)
 
 
 class RowSink(Protocol):
@@ -50,8 +53,8 @@ class Codec:
             self._fast.no_truncation()
 
     def encode(self, text: str) -> list[int]:
-        if self._fast is not None:
-            return list(self._fast.encode(text, add_special_tokens=True).ids)
+        if self._fast is not None:  # encode_batch releases the GIL (encode holds it)
+            return list(self._fast.encode_batch([text], add_special_tokens=True)[0].ids)
         with self._lock:
             return list(self._hf(text, add_special_tokens=True)["input_ids"])
 
@@ -152,27 +155,65 @@ class Row:
             self.sink.on_done(outcome)
 
 
+# Below this temperature a row is decoded greedily: the limit of softmax(logits / T) as T -> 0,
+# and the epsilon vLLM uses. Above it the logits are shifted by their max before dividing, so
+# no finite logits overflow however small T is.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
+
+def fail_alone(row: Row, why: str, exc: BaseException | None = None) -> None:
+    """Fail one row (its request gets ``EngineError``); its batch mates carry on."""
+    log.warning("request %s failed alone: %s", row.request.request_id, why, exc_info=exc)
+    row.report(EngineError(f"{why}; only this request failed"))
+
+
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_p, order = torch.sort(probs, descending=True)
     before = torch.cumsum(sorted_p, dim=-1) - sorted_p  # mass strictly above each token
-    sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
+    drop = before >= top_p
+    drop[0] = False  # the most likely token stays, even for a top_p that is 0 in float32
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
     return torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+
+
+def _draw(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One token from softmax(logits / T) within the top-p nucleus.
+
+    ``logits [V]`` has a finite logsumexp (no NaN or +inf, not all -inf). Shifted by their
+    max, the scaled logits lie in [-inf, 0] with the top one at 0, so the softmax is finite
+    and sums to at least 1 for every T > 0.
+    """
+    z = (logits - logits.max()) / params.temperature
+    probs = torch.softmax(z, dim=-1)
+    if params.top_p < 1.0:
+        probs = _top_p_filter(probs, params.top_p)
+    return int(torch.multinomial(probs, 1, generator=generator)[0])
 
 
 def sample_tokens(rows: Sequence[Row], logits: torch.Tensor) -> tuple[list[int], list[float]]:
     """Choose one token per row from ``logits [B, V]``; return tokens and their probabilities.
 
-    The probability reported (for confidence) is the model's, at temperature 1.
+    Rows are independent: a row whose logits are not all finite, or whose draw raises, is
+    failed alone (:func:`fail_alone`; it is then ``done`` and its token is a placeholder),
+    and no row's sampling values can make another row's choice differ. The probability
+    reported (for confidence) is the model's, at temperature 1.
     """
     logits = logits.float()
     tokens = torch.argmax(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)  # NaN or +inf if any logit is; -inf if all are
+    finite = torch.isfinite(lse).tolist()
     for i, row in enumerate(rows):
+        if row.done:
+            continue
+        if not finite[i]:
+            fail_alone(row, "the model produced non-finite scores (inf/NaN) for this request")
+            continue
         p = row.request.params
-        if p.temperature > 0 and not row.done:
-            dist = torch.softmax(logits[i] / p.temperature, dim=-1)
-            if p.top_p < 1.0:
-                dist = _top_p_filter(dist, p.top_p)
-            tokens[i] = torch.multinomial(dist, 1, generator=row.generator)[0]
+        if p.temperature >= GREEDY_BELOW_TEMPERATURE:
+            try:
+                tokens[i] = _draw(logits[i], p, row.generator)
+            except Exception as exc:  # attributable to this row alone
+                fail_alone(row, f"sampling failed: {exc}", exc)
     # p(token) = exp(logit - logsumexp): no [B, V] softmax written for the greedy rows
-    chosen = torch.exp(logits.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(logits, -1))
-    return tokens.tolist(), chosen.tolist()
+    chosen = torch.exp(logits.gather(1, tokens[:, None]).squeeze(1) - lse)
+    return tokens.tolist(), chosen.nan_to_num(0.0).tolist()

@@ -129,11 +129,13 @@ class SlotLinear(nn.Module):
         col_slot = torch.cat(
             [torch.full((self.ranks[s],), s, dtype=torch.long, device=a_cat.device) for s in local]
         )
-        mask = (plan.slot_ids[:, None] == col_slot[None, :]).to(a_cat.dtype)  # [B, R]
+        # [B, R]: True where a row's rank column belongs to another slot. Filled with 0, not
+        # multiplied by 0: another adapter's overflow (inf * 0 = NaN) must not reach this row.
+        other = plan.slot_ids[:, None] != col_slot[None, :]
 
         def apply(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             xa = torch.matmul(x, a_cat)  # [B, T, R]
-            xa.mul_(mask.view(mask.shape[0], *([1] * (xa.dim() - 2)), mask.shape[1]))
+            xa.masked_fill_(other.view(other.shape[0], *([1] * (xa.dim() - 2)), other.shape[1]), 0)
             y.view(-1, y.shape[-1]).addmm_(xa.view(-1, xa.shape[-1]), b_cat)
             return y
 

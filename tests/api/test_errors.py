@@ -64,8 +64,8 @@ def test_malformed_body_is_422_naming_the_field(gateway: Gateway) -> None:
     assert "JSON" in str(assert_error_shape(r, 422)["message"])
 
 
-def test_out_of_range_sampling_value_is_422_via_the_client(gateway: Gateway) -> None:
-    with pytest.raises(openai.UnprocessableEntityError) as info:
+def test_out_of_range_sampling_value_is_400_via_the_client(gateway: Gateway) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
         client(gateway).completions.create(
             model="support-triage", prompt=PROMPT, temperature=7.5
         )
