@@ -47,6 +47,13 @@ class InvalidRequest(LoraRouterError):
     code = "invalid_request"
 
 
+class LimitExceeded(InvalidRequest):
+    """A request's body, prompt or field is larger than its configured limit."""
+
+    status_code = 413
+    code = "limit_exceeded"
+
+
 class InvalidId(InvalidRequest):
     """An adapter, route or dataset id is not a plain name (paths and traversal are refused)."""
 
@@ -161,6 +168,13 @@ class FlagStoreUnavailable(LoraRouterError):
     code = "flag_store_unavailable"
 
 
+class ReplicaRegistrySettling(FlagStoreUnavailable):
+    """Redis lost its data moments ago and replicas may not have re-registered yet, so a
+    change that every replica must load first cannot be gated now (retry shortly)."""
+
+    code = "replica_registry_settling"
+
+
 class RouteChangeRefused(LoraRouterError):
     """A route change was refused (validation, or a replica could not load an adapter)."""
 
@@ -187,3 +201,18 @@ class AdapterReferenced(RegistryError):
 
     status_code = 409
     code = "adapter_referenced"
+
+
+class RegistryLocked(RegistryError, TimeoutError):
+    """The registry's lock stayed held by another process past the lock timeout (a
+    ``TimeoutError`` too, so callers that tolerate an unlockable registry skip it)."""
+
+    status_code = 503
+    code = "registry_locked"
+
+
+class RecordNotFound(RegistryError):
+    """A registry query named a base, dataset, source or card that the registry does not know."""
+
+    status_code = 404
+    code = "record_not_found"

@@ -3,14 +3,23 @@
 The bucket of a key is a pure function of (route, key), so the same key lands on the same
 arm on every replica and after restarts, and raising the canary percent only moves keys
 from live to canary (a key is in the canary iff its bucket < percent).
+
+Which state a request is routed by is :class:`ServingRoutes`'s choice: the newest this
+replica applied, unless that one names an adapter it has not loaded yet.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from router.flags import metrics
 from router.flags.state import Arm, RouteState
+from router.flags.store import RouteStore
+
+Missing = Callable[[Iterable[str]], set[str]]
+_HISTORY = 8  # earlier versions kept per route to fall back on while loading
 
 _BUCKETS = 10_000
 
@@ -47,3 +56,40 @@ def choose(state: RouteState, key: str) -> Decision:
     ):
         shadow = state.shadow.adapter if state.shadow.adapter != adapter else None
     return Decision(state.route, arm, adapter, state.version, shadow)  # type: ignore[arg-type]
+
+
+class ServingRoutes:
+    """The route state each request is served from: the newest state this replica applied,
+    or, while that one names an adapter (live, canary or shadow) that is not resident here
+    (it is loading: a change that reached the replica before its load, e.g. right after
+    Redis lost its data, or one written without the two-phase gate), the newest earlier
+    version whose adapters all are. So a replica never answers ``adapter_not_resident``
+    for a route it could serve as it was; ``x-flag-version`` names the version that served.
+
+    ``missing(ids)``: the ids not resident now (``Residency.missing``). Reads take no lock:
+    the history per route is replaced, never mutated, by the store's listener (which runs
+    serialised, under the snapshot's lock).
+    """
+
+    def __init__(self, store: RouteStore, missing: Missing) -> None:
+        self._store = store
+        self._missing = missing
+        self._history: dict[str, tuple[RouteState, ...]] = {}  # route -> newest first
+        for state in store.all().values():
+            self._history[state.route] = (state,)
+        store.subscribe(self._on_change)
+
+    def _on_change(self, state: RouteState) -> None:
+        kept = self._history.get(state.route, ())
+        self._history[state.route] = (state, *kept)[:_HISTORY]
+
+    def get(self, route: str) -> RouteState | None:
+        """The state to serve ``route`` by (None: no such route)."""
+        state = self._store.get(route)
+        if state is None or not self._missing(state.serving_adapters()):
+            return state
+        for earlier in self._history.get(route, ()):
+            if earlier.version < state.version and not self._missing(earlier.serving_adapters()):
+                metrics.ROUTE_FALLBACKS.labels(route).inc()
+                return earlier
+        return state  # nothing servable: the engine answers adapter_not_resident

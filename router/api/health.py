@@ -1,11 +1,15 @@
 """Liveness, readiness and metrics.
 
-``GET /healthz``: the process answers. ``GET /readyz``: the base is loaded and its hash
-verified, every adapter some route references is resident, and (Redis mode) this replica is
-registered with the other replicas; 503 with the same JSON detail otherwise. The detail
-shows the replica (id, registered), the adapters (referenced, resident, missing) and the
-route store's connection and snapshot staleness. A Redis outage alone does not make the
-gateway unready: it serves its last-known routes (fail-static) and says how stale they are.
+``GET /healthz``: the process answers. ``GET /readyz`` ("can serve"): the base is loaded
+and its hash verified, every adapter some route references is resident, and every
+long-lived loop (flag listener, heartbeat, load responder, reconciler) is running; 503 with
+the same JSON detail otherwise. The detail shows the replica (id, registered with the other
+replicas: informational), the adapters (referenced, resident, missing), the route store's
+connection and snapshot staleness, and each loop (alive, errors survived, the last one).
+A Redis outage alone never makes the gateway unready, however long: it serves its
+last-known routes (fail-static), shows ``connected: false`` and how stale they are, and
+its heartbeat, once expired, shows ``registered: false`` (writers stop counting it; it
+re-registers when Redis is back).
 ``log`` shows the inference-log writer (sink name and health, queue depth, spool backlog), or
 null when the app records through a custom recorder; a log database outage does not make the
 gateway unready either: records go to the local spool and are replayed when it is back.
@@ -19,7 +23,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import to_json
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from router.api.deps import Components
 from router.api.errors import JSON
@@ -42,9 +46,10 @@ def readiness(c: Components) -> dict[str, Any]:
     health = c.store.health()
     base = c.engine.base
     replica = c.flags.status() if c.flags is not None else None
-    registered = replica is None or bool(replica["registered"])
+    loops = c.flags.loops() if c.flags is not None else []
+    dead = [loop.name for loop in loops if not loop.alive]
     return {
-        "ready": c.base_verified and not missing and registered,
+        "ready": c.base_verified and not missing and not dead,
         "base": {"name": base.name, "sha256": base.sha256, "verified": c.base_verified,
                  "device": base.device},
         "replica": replica,
@@ -54,10 +59,15 @@ def readiness(c: Components) -> dict[str, Any]:
                    "connected": health.connected, "snapshot_age_s": health.age_s(),
                    "last_sync_at": health.last_sync_at.isoformat()
                    if health.last_sync_at else None},
+        "loops": {loop.name: loop.as_dict() for loop in loops},
+        "loops_stopped": dead,
     }
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {
+    "description": "Not ready: the same detail as the 200 answer, with ready false.",
+    "content": {JSON: {"schema": {"type": "object"}}},
+}})
 async def readyz(request: Request) -> Response:
     components: Components | None = getattr(request.app.state, "components", None)
     if components is None:
@@ -70,6 +80,6 @@ async def readyz(request: Request) -> Response:
                     media_type=JSON)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)  # Prometheus text
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -21,6 +21,10 @@ LOAD_REQUEST_CHANNEL = f"{PREFIX}replicas:load-request"  # message: LoadRequest 
 # replicas
 REPLICAS = f"{PREFIX}replicas"  # set of replica ids (pruned of expired members on read)
 REPLICA_PREFIX = f"{PREFIX}replica:"
+# when the registry began, in Redis server time (ms): created (once, NX) by the first
+# heartbeat or gated writer after Redis started empty or lost its data; it has no TTL, so
+# its absence or youth is how a writer knows replicas may not have re-registered yet
+REPLICAS_EPOCH = f"{PREFIX}replicas:epoch"
 LOAD_ACK_PREFIX = f"{PREFIX}replicas:load-ack:"  # + request id -> list of LoadAck JSON
 
 

@@ -9,15 +9,21 @@ resyncs. After a resync it writes back any route Redis lost or holds at a lower 
 (``RESTORE``: Redis here keeps nothing on disk). With a ``replica_id`` it records, for
 each route, the version it applied (``applied_key``) and announces it on the applied
 channel, which is how a writer learns that every replica has a change.
+
+The thread survives every error (:mod:`router.flags.loops`): a network error or an
+unexpected answer while syncing reconnects after a jittered backoff; a malformed message
+is skipped; a write that fails (``READONLY`` during a failover, for the restore or the
+applied report) is counted and retried at the next message or resync, while the snapshot
+keeps applying changes. :meth:`status` tells ``/readyz``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -25,15 +31,15 @@ import redis
 from pydantic import ValidationError
 
 from router.flags import keys, metrics, scripts
+from router.flags.loops import NETWORK_ERRORS, REDIS_ERRORS, LoopHealth, LoopStatus
 from router.flags.snapshot import Snapshot
 from router.flags.state import RouteState
 
+__all__ = ["NETWORK_ERRORS", "REDIS_ERRORS", "FlagListener"]
+
 log = logging.getLogger(__name__)
 
-NETWORK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 _POLL_S = 0.1  # how often the thread checks for stop / resync while idle
-_BACKOFF_MIN_S = 0.05
-_BACKOFF_MAX_S = 2.0
 
 
 class FlagListener(threading.Thread):
@@ -56,6 +62,7 @@ class FlagListener(threading.Thread):
         self._replica_id = replica_id
         self._stop_event = threading.Event()
         self._reported: dict[str, int] = {}
+        self.health = LoopHealth("flags_listener")
         self.synced = threading.Event()  # set after the first successful resync
         self.connected = False
         self.last_sync_at: datetime | None = None
@@ -63,30 +70,38 @@ class FlagListener(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
 
+    def status(self) -> LoopStatus:
+        return self.health.status(self.is_alive())
+
     def run(self) -> None:
-        backoff = _BACKOFF_MIN_S
-        first = True
-        while not self._stop_event.is_set():
-            client = redis.Redis.from_url(
-                self._url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s
-            )
-            try:
-                self._serve(client)
-            except NETWORK_ERRORS as exc:
-                if self.connected or first:
-                    log.warning("route flags: lost Redis (%s); serving the last-known state", exc)
-                self._set_connected(False)
-            finally:
-                client.close()
-            first = False
-            if self._stop_event.wait(backoff * random.uniform(0.5, 1.0)):
-                break
-            metrics.FLAGS_RECONNECTS.inc()
-            backoff = min(backoff * 2, _BACKOFF_MAX_S)
+        with self.health.running():
+            self._run()
         self._set_connected(False)
 
+    def _run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                client = redis.Redis.from_url(
+                    self._url, socket_timeout=self._timeout_s,
+                    socket_connect_timeout=self._timeout_s,
+                )
+                try:
+                    self._serve(client)
+                finally:
+                    client.close()
+            except Exception as exc:  # every error class: back off, reconnect, resync
+                self._set_connected(False)
+                backoff = self.health.failed(
+                    exc, "out of sync with Redis; serving the last-known state"
+                )
+            else:
+                backoff = 0.0
+            if self._stop_event.wait(backoff):
+                break
+            metrics.FLAGS_RECONNECTS.inc()
+
     def _serve(self, client: redis.Redis) -> None:
-        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(keys.CHANGES_CHANNEL)
             self._resync(client)
@@ -96,7 +111,7 @@ class FlagListener(threading.Thread):
                 message = pubsub.get_message(timeout=wait)
                 if message is not None and message["type"] == "message":
                     self._on_message(message["data"])
-                    self._report(client)
+                    self._best_effort(self._report, client, "reporting applied versions")
                 if time.monotonic() >= next_resync:
                     self._resync(client)
                     next_resync = time.monotonic() + self._resync_s
@@ -106,8 +121,8 @@ class FlagListener(threading.Thread):
     def _on_message(self, data: bytes) -> None:
         try:
             state = RouteState.model_validate_json(data)
-        except ValidationError:
-            log.exception("route flags: ignoring an invalid state message")
+        except (ValidationError, ValueError, TypeError) as exc:
+            self.health.noted(exc, f"ignoring an invalid state message {data[:200]!r}")
             return
         if self._snapshot.apply(state):
             metrics.FLAGS_APPLIED.labels("message").inc()
@@ -117,18 +132,32 @@ class FlagListener(threading.Thread):
         for field, raw in client.hgetall(keys.ROUTES).items():
             try:
                 state = RouteState.model_validate_json(raw)
-            except ValidationError:
-                log.error("route flags: invalid state for %r in Redis; ignored", field)
+            except ValidationError as exc:
+                self.health.noted(exc, f"invalid state for {field!r} in Redis; ignored")
                 continue
             stored[state.route] = state.version
             if self._snapshot.apply(state):
                 metrics.FLAGS_APPLIED.labels("resync").inc()
-        self._restore(client, stored)
-        self._report(client)
+        self._best_effort(lambda c: self._restore(c, stored), client, "restoring routes")
+        self._best_effort(self._report, client, "reporting applied versions")
+        self.health.succeeded()
         self.last_sync_at = datetime.now(UTC)
         metrics.FLAGS_LAST_SYNC.set(self.last_sync_at.timestamp())
         self._set_connected(True)
         self.synced.set()
+
+    def _best_effort(
+        self, fn: Callable[[redis.Redis], None], client: redis.Redis, what: str
+    ) -> None:
+        """Run a write the snapshot does not depend on; a network error still ends the
+        connection (reconnect and resync), any other error is counted and the write is
+        retried at the next message or resync."""
+        try:
+            fn(client)
+        except NETWORK_ERRORS:
+            raise
+        except Exception as exc:  # e.g. READONLY while Redis fails over
+            self.health.noted(exc, what)
 
     def _restore(self, client: redis.Redis, stored: dict[str, int]) -> None:
         for route, state in self._snapshot.all().items():

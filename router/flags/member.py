@@ -3,6 +3,10 @@
 Phase-2 start order in the gateway: ``LoadResponder.start()`` (subscribed, so no request is
 missed), load every adapter the routes reference, then ``ReplicaMember.start()`` (now live
 and counted by writers), then report ready.
+
+Both loops survive every error class (the network, ``READONLY`` during a failover, a
+malformed load request, a bug in a load): they log, count (:mod:`router.flags.loops`), back
+off and go on; ``status()`` tells ``/readyz`` whether each is still running.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import redis.asyncio as aredis
+from pydantic import ValidationError
 
 from registry.errors import LoraRouterError
-from router.flags import keys, metrics
-from router.flags.listener import NETWORK_ERRORS
+from router.flags import keys, metrics, scripts
+from router.flags.listener import NETWORK_ERRORS, REDIS_ERRORS
+from router.flags.loops import LoopHealth, LoopStatus
 from router.flags.replicas import LoadAck, LoadFn, LoadRequest, ReplicaInfo
 
 log = logging.getLogger(__name__)
@@ -42,9 +49,10 @@ class ReplicaMember:
     """Keeps this replica registered (heartbeat key with a TTL) until :meth:`stop`.
 
     ``ready()`` (optional) is checked before each beat: while it is false (a referenced
-    adapter is not resident, e.g. after a reconnect that brought a change) the replica
-    withdraws its presence key, so writers neither count nor wait for it, and it beats
-    again once ready. ``registered`` tells ``/readyz``.
+    adapter is not resident, e.g. after a reconnect that brought a change; or the replica's
+    subscriptions are not back yet after one) the replica withdraws its presence key, so
+    writers neither count nor wait for it, and it beats again once ready. ``registered``
+    is shown by ``/readyz`` (informational: it does not make the replica unready).
     """
 
     def __init__(
@@ -65,6 +73,11 @@ class ReplicaMember:
         self._stopping = False
         self.registered = False  # counted by writers (last beat sent, not withdrawn)
         self.last_beat_at: datetime | None = None
+        self.health = LoopHealth("heartbeat")
+
+    def status(self) -> LoopStatus:
+        task = self._task
+        return self.health.status(task is not None and not task.done())
 
     async def start(self) -> None:
         await self.beat()
@@ -78,7 +91,7 @@ class ReplicaMember:
             await _stop_task(self._task, f"replica {self.info.id} heartbeat")
             self._task = None
         self._set_registered(False)
-        with contextlib.suppress(*NETWORK_ERRORS):
+        with contextlib.suppress(*REDIS_ERRORS):
             rid = self.info.id
             await self._client.delete(
                 keys.replica_key(rid), keys.applied_key(rid), keys.resident_key(rid)
@@ -93,6 +106,8 @@ class ReplicaMember:
         # progress records outlive a short Redis hiccup but not a dead replica
         pipe.pexpire(keys.applied_key(rid), self._ttl_ms * 10)
         pipe.pexpire(keys.resident_key(rid), self._ttl_ms * 10)
+        # the registry's epoch: created by the first beat after Redis lost its data
+        pipe.eval(scripts.EPOCH, 1, keys.REPLICAS_EPOCH)
         await pipe.execute()
         self.last_beat_at = datetime.now(UTC)
 
@@ -105,13 +120,16 @@ class ReplicaMember:
         await pipe.execute()
 
     async def _run(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.refresh()
-            except NETWORK_ERRORS as exc:
-                log.warning("replica %s: heartbeat failed: %s", self.info.id, exc)
-                self._check_expired()
+        with self.health.running():
+            while not self._stopping:
+                await asyncio.sleep(self._interval_s)
+                try:
+                    await self.refresh()
+                except Exception as exc:  # every error class: READONLY too; beat again later
+                    self.health.failed(exc, f"replica {self.info.id}: heartbeat failed")
+                    self._check_expired()
+                else:
+                    self.health.succeeded()
 
     def _check_expired(self) -> None:
         """After failed beats: once the last beat is older than the TTL, the presence key
@@ -139,8 +157,8 @@ class ReplicaMember:
     async def _withdraw(self) -> None:
         """Stop being counted (presence key gone) until ``ready`` holds again."""
         log.warning(
-            "replica %s: a referenced adapter is not resident; withdrawn until it is",
-            self.info.id,
+            "replica %s: not ready to be counted (a referenced adapter not resident, or "
+            "not in sync with Redis yet); withdrawn until it is", self.info.id,
         )
         await self._client.delete(keys.replica_key(self.info.id))
         self._set_registered(False)
@@ -166,36 +184,80 @@ class LoadResponder:
         self._pubsub: aredis.client.PubSub | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.health = LoopHealth("load_responder")
+
+    def status(self) -> LoopStatus:
+        task = self._task
+        return self.health.status(task is not None and not task.done())
+
+    @property
+    def listening(self) -> bool:
+        """Subscribed on a live connection now: after Redis restarts, false until the
+        subscription is back (redis-py reconnects and resubscribes), so that the heartbeat
+        holds back meanwhile and writers never wait for an answer that cannot come."""
+        conn = self._pubsub.connection if self._pubsub is not None else None
+        return conn is not None and bool(conn.is_connected)
 
     async def start(self) -> None:
+        await self._subscribe()
+        self._task = asyncio.create_task(self._run(), name=f"load-responder-{self.replica_id}")
+
+    async def _subscribe(self) -> None:
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(keys.LOAD_REQUEST_CHANNEL)
-        self._task = asyncio.create_task(self._run(), name=f"load-responder-{self.replica_id}")
 
     async def stop(self) -> None:
         self._stopping = True
         if self._task is not None:
             await _stop_task(self._task, f"replica {self.replica_id} load responder")
             self._task = None
-        if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-            self._pubsub = None
+        await self._drop_subscription()
 
     async def _run(self) -> None:
+        with self.health.running():
+            while not self._stopping:
+                try:
+                    message = await self._next()
+                except Exception as exc:  # the subscription: reconnect, resubscribe
+                    await asyncio.sleep(self.health.failed(
+                        exc, f"replica {self.replica_id}: load requests unavailable"
+                    ))
+                    if not isinstance(exc, NETWORK_ERRORS):  # redis-py resubscribes after
+                        await self._drop_subscription()  # network errors; else anew
+                    continue
+                self.health.succeeded()
+                if message is not None and message["type"] == "message":
+                    await self._handle(message["data"])
+
+    async def _next(self) -> dict[str, Any] | None:
+        if self._pubsub is None:
+            await self._subscribe()
         assert self._pubsub is not None
-        while not self._stopping:
-            try:
-                message = await self._pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=1.0
-                )
-            except NETWORK_ERRORS as exc:
-                log.warning("replica %s: load requests unavailable: %s", self.replica_id, exc)
-                await asyncio.sleep(0.5)
-                continue
-            if message is not None and message["type"] == "message":
-                req = LoadRequest.model_validate_json(message["data"])
-                if self.replica_id in req.replicas:
-                    await self._answer(req)
+        message: dict[str, Any] | None = await self._pubsub.get_message(
+            ignore_subscribe_messages=True, timeout=1.0
+        )
+        return message
+
+    async def _drop_subscription(self) -> None:
+        """Close the subscription; the next read subscribes again."""
+        old, self._pubsub = self._pubsub, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.aclose()
+
+    async def _handle(self, data: bytes) -> None:
+        """Answer one load request; a malformed one is counted and skipped."""
+        try:
+            req = LoadRequest.model_validate_json(data)
+        except (ValidationError, ValueError, TypeError) as exc:
+            self.health.noted(exc, f"ignoring a malformed load request {data[:200]!r}")
+            return
+        if self.replica_id not in req.replicas:
+            return
+        try:
+            await self._answer(req)
+        except Exception as exc:  # never let one request end the responder
+            self.health.noted(exc, f"answering load request {req.id}")
 
     async def _answer(self, req: LoadRequest) -> None:
         try:
@@ -211,5 +273,5 @@ class LoadResponder:
         pipe.expire(keys.load_ack_key(req.id), _ACK_TTL_S)
         try:
             await pipe.execute()
-        except NETWORK_ERRORS as exc:
-            log.warning("replica %s: could not ack load %s: %s", self.replica_id, req.id, exc)
+        except REDIS_ERRORS as exc:  # the network, or READONLY during a failover
+            self.health.noted(exc, f"could not ack load {req.id}")

@@ -52,3 +52,22 @@ REPLICA_REGISTERED = Gauge(
     "lora_router_replica_registered",
     "1 while this gateway replica is registered (heartbeat) in Redis as serving.",
 )
+
+# long-lived loops (router/flags/loops.py): flags_listener | heartbeat | load_responder |
+# reconciler
+LOOP_ALIVE = Gauge(
+    "lora_router_loop_alive",
+    "1 while this process's long-lived loop is running (0: stopped; /readyz is then 503).",
+    ["loop"],
+)
+LOOP_ERRORS = Counter(
+    "lora_router_loop_errors_total",
+    "Errors a long-lived loop survived (logged, backed off, continued), by kind.",
+    ["loop", "kind"],  # network | redis (e.g. READONLY) | malformed (a bad message) | other
+)
+ROUTE_FALLBACKS = Counter(
+    "lora_router_route_fallbacks_total",
+    "Requests served from an earlier route version because the newest one names an adapter "
+    "this replica has not loaded yet (it is loading, or failed to load).",
+    ["route"],
+)

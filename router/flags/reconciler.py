@@ -11,6 +11,8 @@ the replica's heartbeat is held back while anything referenced is missing
 after their in-flight requests finish; adapters loaded for a change not committed yet stay
 for their grace period, and a timer re-runs the reconcile when it ends. A slow periodic pass
 (``interval_s``) retries loads that failed and heals anything a notification missed.
+
+The worker survives every error (:mod:`router.flags.loops`); ``status()`` tells ``/readyz``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 
 from adapters.residency import ReconcileOutcome, Residency
 from router.flags import metrics
+from router.flags.loops import LoopHealth, LoopStatus
 from router.flags.state import RouteState
 from router.flags.store import RouteStore
 
@@ -42,6 +45,11 @@ class Reconciler:
         self._timer: asyncio.TimerHandle | None = None
         self.last: ReconcileOutcome | None = None
         self.passes = 0  # completed reconciles (tests wait on it)
+        self.health = LoopHealth("reconciler")
+
+    def status(self) -> LoopStatus:
+        task = self._task
+        return self.health.status(task is not None and not task.done())
 
     def start(self) -> None:
         """Subscribe to the store and start the worker (call inside the serving loop)."""
@@ -82,23 +90,26 @@ class Reconciler:
             loop.call_soon_threadsafe(self.kick)
 
     async def _run(self) -> None:
-        while self._loop is not None:  # cleared by stop()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self._interval_s)
-            self._dirty.clear()
-            try:
-                outcome = await self._residency.reconcile(
-                    self._residency.referenced(self._store.all())
-                )
-            except Exception:  # never let the worker die: the next change retries
-                log.exception("residency reconcile failed")
-                metrics.RECONCILES.labels("failed").inc()
-                continue
-            self.last = outcome
-            self.passes += 1
-            metrics.RECONCILES.labels("failed" if outcome.failed else "ok").inc()
-            if outcome.recheck_in_s is not None:
-                self.recheck_in(outcome.recheck_in_s + 0.05)
+        with self.health.running():
+            while self._loop is not None:  # cleared by stop()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), self._interval_s)
+                self._dirty.clear()
+                try:
+                    await self._pass()
+                except Exception as exc:  # never let the worker die: the next change retries
+                    metrics.RECONCILES.labels("failed").inc()
+                    await asyncio.sleep(self.health.failed(exc, "residency reconcile failed"))
+                else:
+                    self.health.succeeded()
+
+    async def _pass(self) -> None:
+        outcome = await self._residency.reconcile(self._residency.referenced(self._store.all()))
+        self.last = outcome
+        self.passes += 1
+        metrics.RECONCILES.labels("failed" if outcome.failed else "ok").inc()
+        if outcome.recheck_in_s is not None:
+            self.recheck_in(outcome.recheck_in_s + 0.05)
 
     def recheck_in(self, delay_s: float) -> None:
         """Reconcile again after ``delay_s`` (event-loop thread; the earliest request wins),

@@ -18,7 +18,8 @@ import redis.asyncio as aredis
 
 from registry.errors import FlagStoreUnavailable, VersionConflict
 from router.flags import keys, metrics, scripts
-from router.flags.listener import NETWORK_ERRORS, FlagListener
+from router.flags.listener import NETWORK_ERRORS, REDIS_ERRORS, FlagListener
+from router.flags.loops import LoopStatus
 from router.flags.snapshot import Snapshot
 from router.flags.state import RouteState
 from router.flags.store import AuditEntry, Listener, RouteStore, StoreHealth
@@ -61,7 +62,7 @@ class RedisRouteStore(RouteStore):
         try:  # fail fast, and have a warm connection for the first write
             await self._client.ping()
             await self._client.script_load(scripts.PUT)
-        except NETWORK_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             await self.close()
             raise FlagStoreUnavailable(f"route store: Redis at {self.url}: {exc}") from exc
         self._listener = FlagListener(
@@ -103,6 +104,11 @@ class RedisRouteStore(RouteStore):
             backend="redis", connected=listener.connected, last_sync_at=listener.last_sync_at
         )
 
+    def loops(self) -> list[LoopStatus]:
+        """The listener thread's liveness (``/readyz``); none before :meth:`start`."""
+        listener = self._listener
+        return [] if listener is None else [listener.status()]
+
     async def seed(self, states: dict[str, RouteState]) -> None:
         for state in states.values():
             try:
@@ -120,7 +126,7 @@ class RedisRouteStore(RouteStore):
             raise FlagStoreUnavailable("route store is not started")
         try:
             ok, found = await self._write(new, action)
-        except NETWORK_ERRORS as exc:
+        except REDIS_ERRORS as exc:  # the network, or e.g. READONLY during a failover
             metrics.FLAGS_WRITES.labels("unavailable").inc()
             raise FlagStoreUnavailable(f"route store: cannot write to Redis: {exc}") from exc
         if not ok:
@@ -165,7 +171,7 @@ class RedisRouteStore(RouteStore):
         client = self._require_client()
         try:
             rows: Any = await client.xrevrange(keys.audit_key(route), count=limit)
-        except NETWORK_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise FlagStoreUnavailable(f"route store: cannot read the audit: {exc}") from exc
         return [_audit_entry(route, fields) for _, fields in reversed(rows)]
 

@@ -16,6 +16,9 @@ Protocol (keys in :mod:`router.flags.keys`):
   commits only when every expected replica acked ok within the timeout; a replica whose
   heartbeat expired meanwhile is not waited for. A replica must subscribe (start its
   responder) and load every referenced adapter *before* it registers as live.
+- **Epoch** (the registry is complete): after Redis lost its data the registry is empty
+  until the next heartbeats; the load gate waits until it has re-formed, or refuses with a
+  503 (:mod:`router.flags.epoch`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from registry.errors import FlagStoreUnavailable, RouteChangeRefused
 from router.flags import keys
-from router.flags.listener import NETWORK_ERRORS
+from router.flags.epoch import RegistryEpoch
+from router.flags.listener import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +104,15 @@ def _text(value: bytes | str) -> str:
 
 
 class ReplicaRegistry:
-    """Reads replica presence and progress, and coordinates loads (the writer's side)."""
+    """Reads replica presence and progress, and coordinates loads (the writer's side).
 
-    def __init__(self, client: aredis.Redis) -> None:
+    ``settle_s``: how long after the registry's epoch began (see the module docstring) it
+    is trusted to list every live replica: the replicas' heartbeat TTL (``replica_ttl_s``).
+    """
+
+    def __init__(self, client: aredis.Redis, *, settle_s: float = 5.0) -> None:
         self._client = client
+        self.epoch = RegistryEpoch(client, settle_s)
 
     async def live(self) -> list[str]:
         """Ids of replicas whose heartbeat has not expired (expired ones are pruned)."""
@@ -115,7 +124,7 @@ class ReplicaRegistry:
             dead = [r for r, ok in zip(ids, alive, strict=True) if not ok]
             if dead:
                 await self._client.srem(keys.REPLICAS, *dead)
-        except NETWORK_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise FlagStoreUnavailable(f"replica registry: {exc}") from exc
         return [r for r, ok in zip(ids, alive, strict=True) if ok]
 
@@ -154,15 +163,20 @@ class ReplicaRegistry:
                 # read who is live before the write, so that after the write's ack the wait
                 # only reads the reports already buffered (no round trips on the timed path)
                 live = await self.live()
-            except NETWORK_ERRORS as exc:  # Redis down: the change cannot be made (503)
+            except REDIS_ERRORS as exc:  # Redis down: the change cannot be made (503)
                 raise FlagStoreUnavailable(f"replica registry: {exc}") from exc
             yield AppliedWatch(self, pubsub, route, live)
         finally:
-            with contextlib.suppress(*NETWORK_ERRORS):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(*REDIS_ERRORS):
+                await pubsub.aclose()
 
     async def request_load(self, adapters: set[str], timeout_s: float) -> LoadOutcome:
-        """Ask every live replica to load ``adapters``; collect acks until ``timeout_s``."""
+        """Ask every live replica to load ``adapters``; collect acks until ``timeout_s``.
+
+        First waits until the registry is settled (:meth:`RegistryEpoch.wait_settled`), so
+        that right after Redis lost its data a change waits for the replicas to re-register
+        instead of committing with nobody asked."""
+        await self.epoch.wait_settled(timeout_s)
         expected = await self.live()
         req = LoadRequest(id=uuid.uuid4().hex, adapters=sorted(adapters), replicas=expected)
         if not expected:
@@ -175,14 +189,18 @@ class ReplicaRegistry:
             while set(expected) - set(acks) and (left := deadline - time.monotonic()) > 0:
                 item = await self._client.blpop([ack_key], timeout=min(left, 0.5))
                 if item is not None:
-                    ack = LoadAck.model_validate_json(item[1])
+                    try:
+                        ack = LoadAck.model_validate_json(item[1])
+                    except ValidationError:
+                        log.warning("ignoring a malformed load ack: %r", item[1][:200])
+                        continue
                     acks[ack.replica] = ack
             missing = [r for r in expected if r not in acks]
             if missing:  # do not wait for replicas that died meanwhile
                 still = set(await self.live())
                 missing = [r for r in missing if r in still]
             await self._client.delete(ack_key)
-        except NETWORK_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise FlagStoreUnavailable(f"replica registry: {exc}") from exc
         return LoadOutcome(req.id, acks, missing)
 
@@ -253,7 +271,7 @@ class AppliedWatch:
                     await self._refresh(version, progress)
                     confirmed = True
                     refresh_at = time.perf_counter() + self._REFRESH_S
-        except (*NETWORK_ERRORS, FlagStoreUnavailable) as exc:
+        except (*REDIS_ERRORS, FlagStoreUnavailable) as exc:
             log.warning("waiting for replicas to apply %s v%s: %s", self._route, version, exc)
             return progress.report(version, None)
         if progress.pending:

@@ -13,11 +13,16 @@
    adapter and the reason);
 4. the reconciler (loads what later changes reference, unloads what they drop);
 5. Redis mode: the ``ReplicaMember`` heartbeat (now counted by writers; withdrawn while a
-   referenced adapter is missing), which also publishes the resident set.
+   referenced adapter is missing, the listener is out of sync or the responder is not
+   subscribed: :meth:`FlagsRuntime.can_be_counted`), which also publishes the resident set.
 
 Route changes made through this gateway are gated: in Redis mode every live replica loads
-the new adapters before the commit (``ReplicaRegistry.load_gate``); embedded, this
-process's residency does. :meth:`close` deregisters first, then stops the rest.
+the new adapters before the commit (``ReplicaRegistry.load_gate``, which first waits for the
+registry to settle after Redis lost its data); embedded, this process's residency does.
+Requests are routed by ``serving`` (:class:`~router.routing.ServingRoutes`): a state naming
+an adapter still loading here is served as its last fully-resident version meanwhile.
+:meth:`loops` lists the long-lived loops for ``/readyz``. :meth:`close` deregisters first,
+then stops the rest.
 """
 
 from __future__ import annotations
@@ -30,20 +35,25 @@ import redis.asyncio as aredis
 
 from adapters.residency import Residency
 from registry import route_status
+from registry.card_cache import CardCache
 from registry.errors import LoraRouterError, RouteChangeRefused
 from registry.home import Home
 from router.flags.factory import (
     build_route_store,
     default_replica_id,
     home_known_adapters,
+    reconcile_cards,
     seed_routes_file,
 )
+from router.flags.loops import LoopStatus
 from router.flags.member import LoadResponder, ReplicaMember
 from router.flags.reconciler import Reconciler
+from router.flags.redis_store import RedisRouteStore
 from router.flags.replicas import ReplicaInfo, ReplicaRegistry
 from router.flags.service import DefaultRollback, OnCommit, PrepareFn, RouteService
 from router.flags.state import RouteState
 from router.flags.store import RouteStore
+from router.routing import ServingRoutes
 from router.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +68,7 @@ class FlagsRuntime:
     service: RouteService
     residency: Residency
     reconciler: Reconciler
+    serving: ServingRoutes
     client: aredis.Redis | None = None
     responder: LoadResponder | None = None
     member: ReplicaMember | None = None
@@ -85,7 +96,7 @@ class FlagsRuntime:
                 socket_timeout=settings.flags_ack_timeout_s + 1,  # BLPOP of load acks
                 socket_connect_timeout=2.0,
             )
-            registry = ReplicaRegistry(client)
+            registry = ReplicaRegistry(client, settle_s=settings.replica_ttl_s)
         store = build_route_store(settings, replica_id=replica_id if client else None)
         on_commit, default_rollback = (
             registry_hooks(home, store) if with_registry else (None, None)
@@ -104,10 +115,13 @@ class FlagsRuntime:
             on_commit=on_commit,
             default_rollback=default_rollback,
         )
-        rt = cls(replica_id, store, service, residency, reconciler, client)
+        serving = ServingRoutes(store, residency.missing)
+        rt = cls(replica_id, store, service, residency, reconciler, serving, client)
         try:
             await store.start()
             await seed_routes_file(service, settings.routes_path)
+            if with_registry:  # cards never disagree with the routes in force
+                await reconcile_cards(settings, home, store)
             await rt._serve(settings)
         except BaseException:
             await rt.close()
@@ -127,7 +141,7 @@ class FlagsRuntime:
                 ReplicaInfo(id=self.replica_id, url=settings.own_url),
                 ttl_s=settings.replica_ttl_s,
                 interval_s=settings.replica_heartbeat_s,
-                ready=self.all_resident,
+                ready=self.can_be_counted,
             )
             await self.member.start()
             residency.on_resident = self._on_resident
@@ -142,6 +156,17 @@ class FlagsRuntime:
     async def _answer_load(self, adapters: list[str]) -> None:
         await self.reconciler.load_for_change(set(adapters))
 
+    def can_be_counted(self) -> bool:
+        """What the heartbeat requires to register this replica for writers to count and
+        wait for: every referenced adapter resident, the flag listener in sync with Redis
+        and the load responder subscribed (after a reconnect they come back one by one)."""
+        responder = self.responder
+        return (
+            self.all_resident()
+            and self.store.health().connected
+            and (responder is None or responder.listening)
+        )
+
     def all_resident(self) -> bool:
         """Every adapter some route references is resident in this engine."""
         return not self.residency.missing(self.residency.referenced(self.store.all()))
@@ -150,6 +175,15 @@ class FlagsRuntime:
     def registered(self) -> bool:
         """Counted by writers (Redis mode); embedded there is nothing to register with."""
         return self.member is None or self.member.registered
+
+    def loops(self) -> list[LoopStatus]:
+        """Every long-lived loop of these flags that has started, alive or not."""
+        out = self.store.loops() if isinstance(self.store, RedisRouteStore) else []
+        out.append(self.reconciler.status())
+        for part in (self.member, self.responder):
+            if part is not None:
+                out.append(part.status())
+        return out
 
     def status(self) -> dict[str, Any]:
         """The replica part of ``/readyz``."""
@@ -176,6 +210,7 @@ class FlagsRuntime:
         if self.client is not None:
             await self.client.aclose()
             self.client = None
+        await self.service.settle()  # the cards' record of the last changes
         await self.store.close()
 
 
@@ -201,12 +236,13 @@ def local_gate(load: PrepareFn, replica_id: str) -> PrepareFn:
 
 def registry_hooks(home: Home, store: RouteStore) -> tuple[OnCommit, DefaultRollback]:
     """``RouteService`` hooks over the home's registry: card status kept in step with the
-    routes, and the card's rollback target as the default one."""
+    routes, and the card's rollback target as the default one (card files cached)."""
+    cards = CardCache(home)
 
     def on_commit(before: RouteState | None, after: RouteState) -> None:
         route_status.sync_route_status(home, before, after, all_states=store.all())
 
     def default_rollback(adapter_id: str) -> str | None:
-        return route_status.card_rollback_target(home, adapter_id)
+        return route_status.card_rollback_target(home, adapter_id, cards)
 
     return on_commit, default_rollback

@@ -10,6 +10,10 @@ the audit entry's ``before`` is the state Redis held (read inside the script).
 - ``RESTORE``: max-wins, used by replicas after Redis lost its data (it keeps nothing on
   disk): installs a replica's last-known state iff it is newer than what Redis holds, so
   new changes continue above every version any replica has seen.
+
+``EPOCH`` (``KEYS = [REPLICAS_EPOCH]``) creates the replica registry's epoch if it is missing
+and returns ``{epoch_ms, now_ms}``, both in Redis server time (one clock for every
+replica and writer): see :mod:`router.flags.epoch`.
 """
 
 from __future__ import annotations
@@ -48,6 +52,18 @@ end
     + _COMMIT
     + "return {1, tonumber(ARGV[2])}\n"
 )
+
+
+EPOCH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local since = tonumber(redis.call('GET', KEYS[1]) or '')
+if not since then
+  redis.call('SET', KEYS[1], now)
+  since = now
+end
+return {since, now}
+"""
 
 
 def script_keys(route: str) -> list[str]:

@@ -63,7 +63,7 @@ async def test_a_replica_answers_load_requests_again_after_a_redis_restart(
     member = ReplicaMember(client, ReplicaInfo(id="r1"), ttl_s=1.0, interval_s=0.1)
     await responder.start()
     await member.start()
-    registry = ReplicaRegistry(client)
+    registry = ReplicaRegistry(client, settle_s=1.0)  # the member's TTL
     try:
         assert (await registry.request_load({"a@v1"}, 2)).ok
         throwaway_redis.stop()
@@ -101,7 +101,7 @@ async def test_a_change_while_redis_is_down_is_a_503_not_a_500(
     try:
         await store.seed({"support": make_state(rollback_target="support@v0")})
         throwaway_redis.stop()
-        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             r = await http.post("/admin/routes/support/rollback", json={"reason": "v1 bad"})
             assert r.status_code == 503, r.text
             assert r.json()["error"]["code"] == "flag_store_unavailable"

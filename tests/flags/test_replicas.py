@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aredis
 
 from registry.errors import AdapterIncompatible, RouteChangeRefused
+from router.flags import keys
 from router.flags.member import LoadResponder, ReplicaMember
 from router.flags.redis_store import RedisRouteStore
 from router.flags.replicas import ReplicaInfo, ReplicaRegistry
@@ -48,8 +49,15 @@ async def client(redis_url: str) -> AsyncIterator[aredis.Redis]:
     await c.aclose()
 
 
+async def established(client: aredis.Redis) -> None:
+    """Mark the registry as formed long ago (these tests start every replica first; the
+    settling after a Redis data loss is tested in tests/flags/test_registry_epoch.py)."""
+    await client.set(keys.REPLICAS_EPOCH, 0)
+
+
 @pytest.fixture
 async def replicas(redis_url: str, client: aredis.Redis) -> AsyncIterator[list[StandIn]]:
+    await established(client)
     out: list[StandIn] = []
     for i in range(3):
         rid = f"replica-{i}"
