@@ -29,12 +29,14 @@ class SamplingParams:
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    """One completion. ``adapter_id`` None means the plain base model."""
+    """One completion. ``adapter_id`` None means the plain base model. ``prompt_ids``, when
+    given, are ``encode(prompt)`` computed by the caller (off its event loop)."""
 
     request_id: str
     prompt: str
     adapter_id: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+    prompt_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,11 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def count_tokens(self, text: str) -> int: ...
+
+    @abc.abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """The token ids ``generate`` would compute for ``text``. Thread-safe and releases the
+        GIL: long text is meant to be encoded on a worker thread, not the event loop."""
 
     @abc.abstractmethod
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:

@@ -297,7 +297,8 @@ class EmbeddedEngine(Engine):
         """Validate a request and build its row; the caller queues it under ``self._lock``."""
         p = request.params
         _check_params(p)
-        ids = self._codec.encode(request.prompt)
+        ids = (list(request.prompt_ids) if request.prompt_ids is not None
+               else self._codec.encode(request.prompt))
         if not ids:
             raise InvalidRequest("the prompt is empty (no tokens)")
         if len(ids) + p.max_tokens > self.base.max_context:
@@ -390,6 +391,9 @@ class EmbeddedEngine(Engine):
     # -- text ------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
         return len(self._codec.encode(text))
+
+    def encode(self, text: str) -> list[int]:
+        return self._codec.encode(text)
 
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
         if getattr(self._tokenizer, "chat_template", None):

@@ -35,10 +35,15 @@ from adapters.residency import Residency
 from registry.errors import LoraRouterError
 from registry.home import Home
 from router.api import admin, feedback, health, openai
+from router.api.access import AdminAccess
 from router.api.deps import Components
 from router.api.errors import install_error_handlers
+from router.api.middleware import RequestLimits
+from router.api.openapi import error_responses
+from router.drift.runtime import DriftRuntime
 from router.flags.runtime import FlagsRuntime
 from router.flags.store import RouteStore
+from router.limits import Limits
 from router.log.factory import build_log_writer
 from router.service import TIMEOUT_GRACE_S, CompletionService, Recorder, ShadowDispatcher
 from router.settings import Settings
@@ -70,6 +75,7 @@ def create_app(
     shadow: ShadowDispatcher | None = None,
 ) -> FastAPI:
     """Build the gateway for ``settings``; nothing starts until the lifespan runs."""
+    limits = Limits.of(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,6 +86,8 @@ def create_app(
         flags: FlagsRuntime | None = None
         writer = None
         own_shadow: BackgroundShadow | None = None
+        service: CompletionService | None = None
+        drift: DriftRuntime | None = None
         try:
             residency = _residency(settings, engine, home)
             try:
@@ -116,11 +124,17 @@ def create_app(
                 request_timeout_s=settings.request_timeout_s,
                 recorder=record,
                 shadow=dispatcher,
+                limits=limits,
+                route_for=flags.serving.get,
             )
             app.state.components = Components(
                 settings, home, engine, store, residency, service, base_verified=True,
                 flags=flags,
             )
+            if settings.drift_enabled and writer is not None:  # it reads the log we write
+                drift = DriftRuntime.build(settings, home, flags.service, holder=flags.replica_id)
+                await drift.start()
+                app.state.drift = drift
             log.info(
                 "gateway ready: base %s (%s), %d routes, replica %s (%s)",
                 engine.base.name,
@@ -134,21 +148,27 @@ def create_app(
             gc.freeze()
             yield
         finally:
+            if drift is not None:
+                await drift.close()  # before the flags: its guard changes routes
             if flags is not None:
                 await flags.close()  # deregisters first: writers stop waiting for us
             if own_shadow is not None:
                 await own_shadow.close()  # its last records go to the writer
             if writer is not None:
                 await writer.close()  # drains the queue (SIGTERM: uvicorn runs the lifespan exit)
+            if service is not None:
+                service.close()
             await engine.close()
 
     # FastAPI's built-in OpenTelemetry hooks cost tens of microseconds of CPU per request
     # even with no provider configured: off on the hot path.
     app = FastAPI(title="lora-router", version="0.1.0", lifespan=lifespan, telemetry=_NO_OTEL)
-    app.state.admin_token = settings.admin_token
+    app.state.admin_access = AdminAccess.of(settings)
+    app.state.limits = limits
+    app.add_middleware(RequestLimits, limits=limits)
     install_error_handlers(app)
     app.include_router(openai.router)
-    app.include_router(health.router)
+    app.include_router(health.router, responses=error_responses(431))
     app.include_router(admin.router)
     app.include_router(feedback.router)
     return app

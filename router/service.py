@@ -9,6 +9,11 @@ OpenAI's shapes; this module knows nothing about HTTP. Hooks for later issues:
   served when the route sampled it for a shadow copy; it must schedule the copy in the
   background and return at once (the flags issue implements it; it can build the shadow's
   record with :func:`build_record`).
+
+Prompts are bounded before any work: over ``max_prompt_chars`` (chat: the messages' text,
+before the template is rendered) is refused with ``LimitExceeded``. A prompt longer than
+:data:`INLINE_TOKENIZE_CHARS` is tokenised on the service's tokenizer threads (the fast
+tokenizer releases the GIL), never on the event loop; the engine receives its ids.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -38,7 +44,9 @@ from registry.errors import (
 )
 from registry.home import Home
 from registry.ids import is_adapter_id
+from router.flags.state import RouteState
 from router.flags.store import RouteStore
+from router.limits import Limits
 from router.log.record import InferenceRecord
 from router.routing import Decision, choose
 
@@ -49,6 +57,10 @@ Recorder = Callable[[InferenceRecord], None]
 _FAILURES = (Exception, asyncio.CancelledError)
 # Grace on top of the engine's own request timeout: the engine should answer first.
 TIMEOUT_GRACE_S = 5.0
+# Prompts up to this many characters are tokenised by the engine inline (~0.3 ms on the
+# event loop, cheaper than a thread hop); longer ones on the tokenizer threads.
+INLINE_TOKENIZE_CHARS = 1024
+TOKENIZER_THREADS = 2
 
 
 class ShadowDispatcher(Protocol):
@@ -181,11 +193,18 @@ class CompletionService:
         request_timeout_s: float,
         recorder: Recorder | None = None,
         shadow: ShadowDispatcher | None = None,
+        limits: Limits | None = None,
+        route_for: Callable[[str], RouteState | None] | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
+        # the state a route's requests are served from (default: the newest applied);
+        # the gateway passes ServingRoutes.get: an earlier version while one is loading
+        self._route_for = route_for if route_for is not None else store.get
         self.recorder = recorder
         self.shadow = shadow
+        self.limits = limits if limits is not None else Limits()
+        self._tokenizer = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="tokenize")
         self._home = home
         self._timeout_s = request_timeout_s + TIMEOUT_GRACE_S
         self._base_name = engine.base.name
@@ -200,7 +219,7 @@ class CompletionService:
         return out
 
     def resolve(self, model: str, key: str) -> Decision:
-        state = self.store.get(model)
+        state = self._route_for(model)
         if state is not None:
             return choose(state, key)
         if model == self._base_name:
@@ -224,29 +243,47 @@ class CompletionService:
         return (self._home.adapter_dir(adapter_id) / "adapter_config.json").is_file()
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The prompt for chat ``messages``; their text is bounded before it is rendered."""
+        chars = sum(len(m["content"]) for m in messages)
+        self.limits.check("max_prompt_chars", "the messages' text", chars, param="messages")
         return self.engine.chat_prompt(messages)
 
+    def close(self) -> None:
+        self._tokenizer.shutdown(wait=False, cancel_futures=True)
+
     # -- serving ----------------------------------------------------------------------
-    def _begin(self, call: Call) -> tuple[_Ctx, GenerationRequest]:
-        key = call.route_key or call.request_id
-        ctx = _Ctx(call, time.perf_counter(), key)
+    async def _admit(self, ctx: _Ctx) -> GenerationRequest:
+        """Check, route and tokenise ``ctx.call`` (sets ``ctx.decision``)."""
+        call = ctx.call
+        self.limits.check("max_prompt_chars", "prompt", len(call.prompt), param="prompt")
         if call.params.max_tokens > self._max_context:
             raise InvalidRequest(
                 f"max_tokens {call.params.max_tokens} exceeds the context window "
                 f"({self._max_context} tokens)",
                 param="max_tokens",
             )
-        ctx.decision = self.resolve(call.model, key)
-        request = GenerationRequest(
-            call.request_id, call.prompt, ctx.decision.adapter_id, call.params
+        ctx.decision = self.resolve(call.model, ctx.key)
+        ids = await self._encode(call.prompt)
+        return GenerationRequest(
+            call.request_id, call.prompt, ctx.decision.adapter_id, call.params, prompt_ids=ids
         )
-        return ctx, request
+
+    async def _encode(self, prompt: str) -> tuple[int, ...] | None:
+        """A long prompt's ids, computed off the event loop; None: the engine encodes it."""
+        if len(prompt) <= INLINE_TOKENIZE_CHARS:
+            return None
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(self._tokenizer, self.engine.encode, prompt)
+        return tuple(ids)
+
+    def _ctx(self, call: Call) -> _Ctx:
+        return _Ctx(call, time.perf_counter(), call.route_key or call.request_id)
 
     async def complete(self, call: Call) -> Completion:
         """Serve one completion; raise a ``LoraRouterError`` (recorded) on failure."""
-        ctx: _Ctx | None = None
+        ctx = self._ctx(call)
         try:
-            ctx, request = self._begin(call)
+            request = await self._admit(ctx)
             async with asyncio.timeout(self._timeout_s):
                 result = await self.engine.generate(request)
         except _FAILURES as exc:
@@ -264,9 +301,9 @@ class CompletionService:
         """Admit a streamed call and wait for its first chunk, so admission errors keep their
         HTTP status. Returns who serves it and the chunks (the first included); the chunks
         generator records the request when it ends, fails or is closed: close it."""
-        ctx: _Ctx | None = None
+        ctx = self._ctx(call)
         try:
-            ctx, request = self._begin(call)
+            request = await self._admit(ctx)
             it = aiter(self.engine.stream(request))
             async with asyncio.timeout(self._timeout_s):
                 first = await anext(it)
@@ -319,7 +356,7 @@ class CompletionService:
 
     # -- failures and records ---------------------------------------------------------
     def _failed(
-        self, call: Call, ctx: _Ctx | None, exc: BaseException, output: str = ""
+        self, call: Call, ctx: _Ctx, exc: BaseException, output: str = ""
     ) -> BaseException:
         """Record the failure; return the exception to raise (project errors as they are)."""
         if isinstance(exc, LoraRouterError):
@@ -337,8 +374,6 @@ class CompletionService:
             )
         else:  # cancelled or closed (the client went away): record, re-raise as is
             err = exc
-        if ctx is None:
-            ctx = _Ctx(call, time.perf_counter(), call.route_key or call.request_id)
         self._record(ctx, error=err, output=output)
         return err
 

@@ -6,11 +6,12 @@ mean the embedded defaults: in-process route flags and a SQLite inference log in
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_HOME = Path("~/.lora-router")
 
@@ -37,6 +38,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     routes_file: Path | None = None  # default: <home>/routes.yaml
+    # the embedded (no Redis) durable route store: state + audit; default: see flags_db_path
+    flags_db: Path | None = None
     replica_id: str | None = None  # default: hostname-pid
 
     # engine
@@ -61,8 +64,22 @@ class Settings(BaseSettings):
     replica_ttl_s: float = Field(default=5.0, gt=0)  # heartbeat expiry: a dead replica's
     replica_heartbeat_s: float = Field(default=1.0, gt=0)  # load answer is not waited for
     public_url: str | None = None  # this gateway's URL in its replica record (default host:port)
-    # admin API: when set, /admin/* requires "Authorization: Bearer <token>"
+    # admin API: when set, /admin/* requires "Authorization: Bearer <token>"; when unset,
+    # /admin/* answers loopback clients only and `serve` refuses a non-loopback host
     admin_token: SecretStr | None = None
+    # extra Host header values /admin/* accepts (comma-separated; "*" = any) besides
+    # localhost, 127.0.0.1, [::1], the bound host and public_url's host (DNS rebinding)
+    admin_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    # serve the admin API to any client without a token (`serve --insecure-open-admin`)
+    insecure_open_admin: bool = False
+
+    # request limits, each answered with 413 (431 for headers) naming the limit
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)  # all names + values
+    max_prompt_chars: int = Field(default=200_000, ge=1)  # checked before tokenising
+    max_user_chars: int = Field(default=256, ge=1)  # `user` and the x-route-key header
+    max_reason_chars: int = Field(default=1000, ge=1)  # admin `reason`
+    max_actor_chars: int = Field(default=128, ge=1)  # admin `actor` and its header
     # Python's GIL switch interval for `serve`: the flag listener thread otherwise waits up
     # to the default 5 ms for the GIL while the loop and the engine are busy
     switch_interval_s: float = Field(default=0.0005, gt=0, le=0.1)
@@ -74,8 +91,21 @@ class Settings(BaseSettings):
     log_batch_size: int = Field(default=256, ge=1)
     log_flush_ms: float = Field(default=200.0, gt=0)
     log_queue_max: int = Field(default=10_000, ge=1)
+    # the log journal is fsynced this often: a machine crash loses at most this much of the
+    # records served (a process crash loses none)
+    log_fsync_interval_s: float = Field(default=1.0, gt=0, le=60)
     input_store_enabled: bool = False
     input_store_retention_days: int = Field(default=30, ge=1)
+
+    # drift monitor (router.drift): one replica (a Redis lease) reads the inference log
+    # every interval, raises alerts and runs the routes' guards
+    drift_enabled: bool = True
+    drift_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    drift_lease_ttl_s: float = Field(default=10.0, gt=0)
+    drift_window: int = Field(default=1000, ge=50)  # requests in the input-drift window
+    drift_webhook_url: str | None = None  # alerts and incidents POSTed here, signed
+    drift_webhook_secret: SecretStr | None = None  # HMAC-SHA256 key; required with a URL
+    drift_webhook_timeout_s: float = Field(default=5.0, gt=0)
 
     @field_validator("home", mode="after")
     @classmethod
@@ -105,6 +135,13 @@ class Settings(BaseSettings):
     def _empty_token(cls, v: object) -> object:
         return None if v == "" else v
 
+    @field_validator("admin_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(h.strip().lower() for h in v.split(",") if h.strip())
+        return v
+
     @model_validator(mode="after")
     def _check_heartbeat(self) -> Settings:
         if self.replica_heartbeat_s >= self.replica_ttl_s:
@@ -128,5 +165,27 @@ class Settings(BaseSettings):
         return f"http://{self.host}:{self.port}" if self.port else None
 
     @property
+    def loopback_host(self) -> bool:
+        """Whether the bound host is a loopback address (or ``localhost``)."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+    @property
     def routes_path(self) -> Path:
         return self.routes_file if self.routes_file is not None else self.home / "routes.yaml"
+
+    @property
+    def flags_db_path(self) -> Path:
+        """The embedded route store's SQLite file: ``flags_db``, else
+        ``<home>/flags/routes.db`` for the home's routes file, else beside the routes file
+        it was seeded from (``FILE.yaml`` -> ``FILE.db``): another table, another state."""
+        if self.flags_db is not None:
+            return self.flags_db.expanduser().resolve()
+        routes = self.routes_path.expanduser().resolve()
+        if routes == self.home / "routes.yaml":
+            return self.home / "flags" / "routes.db"
+        return routes.with_suffix(".db")

@@ -112,7 +112,8 @@ class BackgroundShadow:
             adapter = decision.shadow_adapter
             assert adapter is not None
             copy = GenerationRequest(
-                f"{primary.request_id}-shadow", primary.prompt, adapter, primary.params
+                f"{primary.request_id}-shadow", primary.prompt, adapter, primary.params,
+                prompt_ids=primary.prompt_ids,
             )
             coro = self._run(copy, primary.request_id, decision, route_key, subject)
             task = asyncio.get_running_loop().create_task(coro, name=copy.request_id)

@@ -2,59 +2,89 @@
 
 ``GET /admin/routes``, ``GET /admin/routes/{route}``, ``GET /admin/routes/{route}/audit``,
 ``POST /admin/routes/{route}/{rollback,canary,shadow,promote,set-live}``. Every change
-takes a ``reason``; the actor is the body's ``actor``, else the ``x-lora-router-actor``
-header, else ``"api"``. Errors go through the app's ``LoraRouterError`` handler (409 for a
-version conflict or a refused change, 404 for an unknown route or adapter).
+takes a ``reason`` (at most ``max_reason_chars``); the audit records the authenticated
+principal (``token``, ``loopback`` or ``open``) and, marked as a claim, the name the caller
+gives in the body's ``actor`` or the ``x-lora-router-actor`` header (at most
+``max_actor_chars``): ``"token (claimed: alice)"``. Errors go through the app's
+``LoraRouterError`` handler (409 for a version conflict or a refused change, 404 for an
+unknown route or adapter, 413 for a reason or actor over its limit).
 
 The app provides the service on ``app.state.route_service`` (built in its lifespan).
 
-Authentication: when the app has an admin token (``LORA_ROUTER_ADMIN_TOKEN``, kept on
-``app.state.admin_token``), every ``/admin`` endpoint, reads included, requires
+Access (:mod:`router.api.access`, rule on ``app.state.admin_access``): with an admin token
+(``LORA_ROUTER_ADMIN_TOKEN``) every ``/admin`` endpoint, reads included, requires
 ``Authorization: Bearer <token>`` (401 ``unauthorized`` otherwise). Reads are protected too:
 the audit names people and their reasons, and one rule is easier to reason about than two.
-Without a token the admin API is open (bind it to a private interface).
+Without a token only loopback clients are answered (403). Always, the ``Host`` header must
+be one of the gateway's names (403 otherwise: DNS rebinding).
 """
 
 from __future__ import annotations
 
-import secrets
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 
-from registry.errors import LoraRouterError
+from router.api.access import AdminAccess, AdminUnauthorized, actor_label
+from router.api.openapi import error_responses
 from router.flags.service import RouteService
 from router.flags.state import RouteState
 from router.flags.views import AuditOut, ChangeOut, RoutesOut, StoreOut
+from router.limits import Limits
+
+__all__ = ["ACTOR_HEADER", "AdminUnauthorized", "Caller", "router"]
 
 ACTOR_HEADER = "x-lora-router-actor"
+_DEFAULT_ACCESS = AdminAccess()
+_DEFAULT_LIMITS = Limits()
 
 
-class AdminUnauthorized(LoraRouterError):
-    """An /admin call without the right bearer token, while the gateway has one set."""
-
-    status_code = 401
-    code = "unauthorized"
-
-
-async def require_admin(
-    request: Request, authorization: Annotated[str | None, Header()] = None
-) -> None:
-    token: SecretStr | None = getattr(request.app.state, "admin_token", None)
-    if token is None:
-        return
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise AdminUnauthorized(
-            "the admin API requires 'Authorization: Bearer <token>' "
-            "(the gateway's LORA_ROUTER_ADMIN_TOKEN)"
-        )
-    if not secrets.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
-        raise AdminUnauthorized("invalid admin token")
+async def require_admin(request: Request) -> str:
+    """The caller's principal (401/403 otherwise); see :mod:`router.api.access`."""
+    access: AdminAccess = getattr(request.app.state, "admin_access", None) or _DEFAULT_ACCESS
+    return access.principal(request)
 
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 431, 503),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An admin change's caller: the authenticated principal and the name it claims."""
+
+    principal: str
+    claimed: str | None = None
+
+
+async def get_caller(
+    request: Request,
+    principal: Annotated[str, Depends(require_admin)],
+    claimed: Annotated[str | None, Header(alias=ACTOR_HEADER)] = None,
+) -> Caller:
+    """The caller of a change, once its ``reason`` and ``actor`` are within their limits."""
+    limits: Limits = getattr(request.app.state, "limits", None) or _DEFAULT_LIMITS
+    limits.check_text("max_actor_chars", f"header {ACTOR_HEADER}", claimed, param=ACTOR_HEADER)
+    body = await _json_or_none(request)  # parsed already by FastAPI (cached): bounded, cheap
+    if isinstance(body, dict):
+        for name, field in (("reason", "max_reason_chars"), ("actor", "max_actor_chars")):
+            value = body.get(name)
+            if isinstance(value, str):
+                limits.check_text(field, name, value, param=name)
+    return Caller(principal, claimed or None)
+
+
+async def _json_or_none(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:  # not JSON: the body's own validation answers 422
+        return None
 
 
 async def get_route_service(request: Request) -> RouteService:
@@ -63,7 +93,7 @@ async def get_route_service(request: Request) -> RouteService:
 
 
 RouteServiceDep = Annotated[RouteService, Depends(get_route_service)]
-ActorHeader = Annotated[str | None, Header(alias=ACTOR_HEADER)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 class ChangeIn(BaseModel):
@@ -75,8 +105,9 @@ class ChangeIn(BaseModel):
         default=None, ge=1, description="Refuse (409) unless the route is at this version."
     )
 
-    def who(self, header: str | None) -> str:
-        return self.actor or header or "api"
+    def who(self, caller: Caller) -> str:
+        """The audit's ``by``: the principal, and the claimed name (body, else header)."""
+        return actor_label(caller.principal, self.actor or caller.claimed)
 
 
 class SplitIn(ChangeIn):
@@ -107,7 +138,7 @@ async def route_audit(
 
 @router.post("/routes/{route}/rollback")
 async def rollback(
-    route: str, body: ChangeIn, service: RouteServiceDep, actor: ActorHeader = None
+    route: str, body: ChangeIn, service: RouteServiceDep, actor: CallerDep
 ) -> ChangeOut:
     result = await service.rollback(
         route, actor=body.who(actor), reason=body.reason, expected_version=body.expected_version
@@ -117,7 +148,7 @@ async def rollback(
 
 @router.post("/routes/{route}/canary")
 async def canary(
-    route: str, body: SplitIn, service: RouteServiceDep, actor: ActorHeader = None
+    route: str, body: SplitIn, service: RouteServiceDep, actor: CallerDep
 ) -> ChangeOut:
     result = await service.canary(
         route, body.adapter, body.percent,
@@ -128,7 +159,7 @@ async def canary(
 
 @router.post("/routes/{route}/shadow")
 async def shadow(
-    route: str, body: SplitIn, service: RouteServiceDep, actor: ActorHeader = None
+    route: str, body: SplitIn, service: RouteServiceDep, actor: CallerDep
 ) -> ChangeOut:
     result = await service.shadow(
         route, body.adapter, body.percent,
@@ -139,7 +170,7 @@ async def shadow(
 
 @router.post("/routes/{route}/promote")
 async def promote(
-    route: str, body: ChangeIn, service: RouteServiceDep, actor: ActorHeader = None
+    route: str, body: ChangeIn, service: RouteServiceDep, actor: CallerDep
 ) -> ChangeOut:
     result = await service.promote(
         route, actor=body.who(actor), reason=body.reason, expected_version=body.expected_version
@@ -149,7 +180,7 @@ async def promote(
 
 @router.post("/routes/{route}/set-live")
 async def set_live(
-    route: str, body: AdapterIn, service: RouteServiceDep, actor: ActorHeader = None
+    route: str, body: AdapterIn, service: RouteServiceDep, actor: CallerDep
 ) -> ChangeOut:
     result = await service.set_live(
         route, body.adapter,

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from adapters.engine import Engine
 from adapters.residency import Residency
 from registry.home import Home
+from router.api.openapi import inline_schema
 from router.flags.runtime import FlagsRuntime
 from router.flags.store import RouteStore
 from router.schemas import ChatCompletionRequest, CompletionRequest
@@ -70,23 +71,14 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     return parse
 
 
-def body_openapi(model: type[BaseModel]) -> dict[str, Any]:
+def body_openapi(
+    model: type[BaseModel], examples: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """``openapi_extra`` documenting a ``json_body`` (nested models inlined)."""
-    schema = model.model_json_schema()
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return inline(defs[ref.removeprefix("#/$defs/")])
-            return {k: inline(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [inline(v) for v in node]
-        return node
-
-    content = {"application/json": {"schema": inline(schema)}}
-    return {"requestBody": {"required": True, "content": content}}
+    media: dict[str, Any] = {"schema": inline_schema(model)}
+    if examples:
+        media["examples"] = {f"example{i}": {"value": v} for i, v in enumerate(examples, 1)}
+    return {"requestBody": {"required": True, "content": {"application/json": media}}}
 
 
 ComponentsDep = Annotated[Components, Depends(get_components)]

@@ -25,12 +25,16 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 
 
+def new_request_id() -> str:
+    return f"req-{uuid.uuid4().hex}"
+
+
 def request_id_of(request: Request, exc: LoraRouterError | None = None) -> str:
     """The id the endpoint gave this request, or a fresh one (the body never got that far)."""
     rid = getattr(request.state, "request_id", None)
     if rid is None and exc is not None:
         rid = exc.detail.get("request_id")
-    return rid if isinstance(rid, str) else f"req-{uuid.uuid4().hex}"
+    return rid if isinstance(rid, str) else new_request_id()
 
 
 def error_object(
@@ -102,8 +106,8 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    obj = error_object(str(exc.detail), exc.status_code, f"http_{exc.status_code}", None,
-                       request_id_of(request))
+    code = getattr(exc, "code", None) or f"http_{exc.status_code}"
+    obj = error_object(str(exc.detail), exc.status_code, code, None, request_id_of(request))
     response = error_response(exc.status_code, obj)
     if exc.headers:
         response.headers.update(exc.headers)

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry.errors import LogStoreUnavailable
+from router.api.openapi import error_responses
 from router.log.writer import LogWriter
 
 router = APIRouter(tags=["feedback"])
@@ -42,7 +43,10 @@ class FeedbackOut(BaseModel):
     failure_cluster: str | None
 
 
-@router.post("/v1/feedback", response_model=FeedbackOut)
+@router.post(
+    "/v1/feedback", response_model=FeedbackOut,
+    responses=error_responses(400, 404, 413, 422, 431, 503),
+)
 async def post_feedback(body: FeedbackIn, writer: LogWriterDep) -> FeedbackOut:
     """Set ``was_correct`` and ``failure_cluster`` (null when omitted) of one request."""
     await writer.feedback(body.request_id, body.was_correct, body.failure_cluster)

@@ -6,6 +6,10 @@ requests add ``x-route``, ``x-route-arm`` and ``x-flag-version``. Streams are se
 events in OpenAI's chunk format, ending with ``data: [DONE]``. Responses are plain dicts
 serialised by ``pydantic_core.to_json`` (no response models on the hot path), and bodies
 are parsed in one pass by ``model_validate_json`` (``router.api.deps.json_body``).
+
+Refused before any work (400/413 naming the field or limit): an unsupported OpenAI field
+with a value other than "not used" (:data:`router.schemas.UNSUPPORTED`), ``n`` other than 1,
+a ``user`` or ``x-route-key`` longer than ``max_user_chars``; the service bounds the prompt.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from adapters.engine import GenerationResult, SamplingParams, StreamChunk
 from registry.errors import InvalidRequest, LoraRouterError
 from router.api.deps import ChatBody, CompletionBody, ServiceDep, body_openapi
 from router.api.errors import JSON, project_error_object
+from router.api.openapi import CHAT_ANSWERS, COMPLETION_ANSWERS, MODELS_ANSWER, error_responses
+from router.limits import Limits
 from router.schemas import (
     DEFAULT_MAX_TOKENS,
     ChatCompletionRequest,
@@ -31,6 +37,21 @@ from router.schemas import (
 from router.service import Call, Served
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+
+ROUTE_KEY_HEADER = "x-route-key"
+_ERRORS = error_responses(400, 404, 413, 422, 431, 503, 504)
+_EXAMPLE_PROMPT = "Ticket: I was charged twice for the same invoice.\nCategory:"
+_COMPLETION_EXAMPLES = [
+    {"model": "support-triage", "prompt": _EXAMPLE_PROMPT, "max_tokens": 3},
+    {"model": "support-triage", "prompt": _EXAMPLE_PROMPT, "max_tokens": 3, "stream": True,
+     "stream_options": {"include_usage": True}},
+]
+_CHAT_EXAMPLES = [
+    {"model": "support-triage", "max_tokens": 3,
+     "messages": [{"role": "user", "content": "I was charged twice for the same invoice."}]},
+    {"model": "support-triage", "max_tokens": 3, "stream": True,
+     "messages": [{"role": "user", "content": "Where is my parcel?"}]},
+]
 
 _DONE = b"data: [DONE]\n\n"
 # a render turns one engine chunk into the SSE payloads to send
@@ -64,6 +85,11 @@ def _params(
 ) -> SamplingParams:
     if body.n != 1:
         raise InvalidRequest(f"n={body.n} is not supported: only n=1", param="n")
+    field = body.unsupported_field()
+    if field is not None:
+        raise InvalidRequest(
+            f"{field} is not supported by this gateway (send null or omit it)", param=field
+        )
     return SamplingParams(
         max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
         temperature=body.temperature,
@@ -73,21 +99,32 @@ def _params(
     )
 
 
-def _call(
-    request: Request, prefix: str, body: CompletionRequest | ChatCompletionRequest,
-    prompt: str, max_tokens: int | None,
-) -> Call:
+def _request_id(request: Request, prefix: str) -> str:
     rid = f"{prefix}-{os.urandom(16).hex()}"  # a uuid4's worth of randomness, 4x cheaper
     request.state.request_id = rid  # error responses carry it too
-    route_key = body.user or request.headers.get("x-route-key")
+    return rid
+
+
+def _call(
+    request: Request, rid: str, body: CompletionRequest | ChatCompletionRequest,
+    prompt: str, max_tokens: int | None, limits: Limits,
+) -> Call:
+    header_key = request.headers.get(ROUTE_KEY_HEADER)
+    limits.check_text("max_user_chars", "user", body.user, param="user")
+    limits.check_text("max_user_chars", f"header {ROUTE_KEY_HEADER}", header_key,
+                      param=ROUTE_KEY_HEADER)
+    route_key = body.user or header_key
     return Call(rid, body.model, prompt, _params(body, max_tokens), route_key, body.user)
 
 
-@router.post("/completions", openapi_extra=body_openapi(CompletionRequest))
+@router.post("/completions",
+             openapi_extra=body_openapi(CompletionRequest, _COMPLETION_EXAMPLES),
+             responses={**COMPLETION_ANSWERS, **_ERRORS})
 async def completions(body: CompletionBody, request: Request, service: ServiceDep) -> Response:
     """Text completion for a route, a pinned adapter id or the base."""
     prompt = body.prompt_text()
-    call = _call(request, "cmpl", body, prompt or "", body.max_tokens)
+    rid = _request_id(request, "cmpl")
+    call = _call(request, rid, body, prompt or "", body.max_tokens, service.limits)
     if prompt is None:
         raise InvalidRequest("only one prompt per request is supported", param="prompt")
     if body.stream:
@@ -109,11 +146,14 @@ async def completions(body: CompletionBody, request: Request, service: ServiceDe
     return Response(to_json(payload), media_type=JSON, headers=_headers(done.served))
 
 
-@router.post("/chat/completions", openapi_extra=body_openapi(ChatCompletionRequest))
+@router.post("/chat/completions",
+             openapi_extra=body_openapi(ChatCompletionRequest, _CHAT_EXAMPLES),
+             responses={**CHAT_ANSWERS, **_ERRORS})
 async def chat_completions(body: ChatBody, request: Request, service: ServiceDep) -> Response:
     """Chat completion: messages rendered with the base's chat template."""
-    prompt = service.chat_prompt(body.message_dicts())
-    call = _call(request, "chatcmpl", body, prompt, body.token_limit())
+    rid = _request_id(request, "chatcmpl")
+    prompt = service.chat_prompt(body.message_dicts())  # bounded before it is rendered
+    call = _call(request, rid, body, prompt, body.token_limit(), service.limits)
     if body.stream:
         served, chunks = await service.open_stream(call)
         render = _chat_chunks(served, int(time.time()), body.include_usage)
@@ -138,7 +178,7 @@ async def chat_completions(body: ChatBody, request: Request, service: ServiceDep
     return Response(to_json(payload), media_type=JSON, headers=_headers(done.served))
 
 
-@router.get("/models")
+@router.get("/models", responses={**MODELS_ANSWER, **error_responses(431)})
 async def models(service: ServiceDep) -> Response:
     """Routes, resident adapter ids and the base: every valid ``model``."""
     data = [

@@ -1,4 +1,9 @@
-"""CLI: ``lora-router serve``: run the gateway with uvicorn."""
+"""CLI: ``lora-router serve``: run the gateway with uvicorn.
+
+Without ``LORA_ROUTER_ADMIN_TOKEN`` the admin API answers loopback clients only (said at
+start), and a non-loopback ``--host`` is refused (exit 2) unless ``--insecure-open-admin``
+is given, which opens the admin API to every client that reaches the port (loud warning).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,19 @@ import typer
 from adapters.base_pin import verify_base
 from registry.home import Home
 from registry.integrity import verify_adapter
-from router.cli.common import HomeOpt, console, friendly_errors, load_settings
+from router.cli.common import (
+    CliError,
+    HomeOpt,
+    check_port_free,
+    console,
+    err_console,
+    friendly_errors,
+    load_settings,
+    stop_signals_exit_cleanly,
+)
 from router.flags.factory import check_routes_file
 from router.flags.state import load_routes_file
+from router.settings import Settings
 
 
 @friendly_errors
@@ -30,6 +45,14 @@ def serve(
         str | None,
         typer.Option("--replica-id", help="This replica's id in Redis. Default: hostname-pid."),
     ] = None,
+    insecure_open_admin: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-open-admin",
+            help="Without LORA_ROUTER_ADMIN_TOKEN, answer /admin/* from any client (anyone "
+            "who reaches the port can change routes). Default: loopback clients only.",
+        ),
+    ] = False,
 ) -> None:
     """Serve the OpenAI-compatible gateway for a home (base, adapters, routes)."""
     import uvicorn
@@ -37,8 +60,11 @@ def serve(
     from router.app import create_app
 
     settings = load_settings(
-        home, host=host, port=port, routes_file=routes, replica_id=replica_id
+        home, host=host, port=port, routes_file=routes, replica_id=replica_id,
+        insecure_open_admin=True if insecure_open_admin else None,
     )
+    check_port_free(settings.host, settings.port)  # a busy port: one line, before any loading
+    _admin_exposure(settings)
     # Checked here so that a missing/changed base, a bad routes file or a tampered adapter
     # is one clean line, not a lifespan traceback from uvicorn (the lifespan checks again).
     # The routes the file would create must name known adapters, in Redis mode too: there
@@ -56,16 +82,40 @@ def serve(
     console.print(
         f"serving base [bold]{lock.name}[/bold] ({lock.sha256[:12]}) from {settings.home} "
         f"on http://{settings.host}:{settings.port}",
-        highlight=False,
+        highlight=False, soft_wrap=True,
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        lifespan="on",
-        access_log=False,
-        timeout_graceful_shutdown=30,
+    with stop_signals_exit_cleanly():  # Ctrl-C / SIGTERM: graceful shutdown, then exit 0
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+            lifespan="on",
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+
+
+def _admin_exposure(settings: Settings) -> None:
+    """Refuse an open admin API on a network interface; say how the admin API is guarded."""
+    if settings.admin_token is not None:
+        return
+    if settings.insecure_open_admin:
+        err_console.print(
+            "[bold red]WARNING: --insecure-open-admin: the admin API (/admin/*) has no token "
+            f"and answers every client that reaches {settings.host}:{settings.port}; anyone "
+            "there can change or roll back routes. Set LORA_ROUTER_ADMIN_TOKEN instead.[/]",
+            highlight=False, soft_wrap=True,
+        )
+        return
+    if not settings.loopback_host:
+        raise CliError(
+            f"refusing to serve on {settings.host} with no admin token: set "
+            "LORA_ROUTER_ADMIN_TOKEN, bind a loopback --host, or pass --insecure-open-admin"
+        )
+    console.print(
+        "admin API: no LORA_ROUTER_ADMIN_TOKEN set, so /admin/* answers loopback clients only",
+        highlight=False, soft_wrap=True,
     )
 
 

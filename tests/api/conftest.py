@@ -52,12 +52,26 @@ class Gateway:
         self.loop.close()
 
 
-def start_gateway(settings: Settings, timeout: float = 180) -> Gateway:
-    records: list[InferenceRecord] = []
-    app = create_app(settings, recorder=records.append)
+@dataclass
+class Served:
+    """An ASGI app served by uvicorn in a thread of the test process."""
+
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+    loop: asyncio.AbstractEventLoop
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "server did not stop"
+        self.loop.close()
+
+
+def serve_app(app: Any, host: str, port: int, timeout: float = 180) -> Served:
+    """Serve ``app`` on ``host:port`` (lifespan on) and wait until it accepts connections."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on",
-        access_log=False,
+        app, host=host, port=port, log_level="warning", lifespan="on", access_log=False,
     )
     server = uvicorn.Server(config)
     factory = config.get_loop_factory()
@@ -74,8 +88,15 @@ def start_gateway(settings: Settings, timeout: float = 180) -> Gateway:
             loop.close()
             raise RuntimeError("gateway failed to start (see the log above)")
         time.sleep(0.02)
-    gw = Gateway(f"http://127.0.0.1:{settings.port}", server, thread, loop, app, records)
-    return gw
+    return Served(f"http://{host}:{port}", server, thread, loop)
+
+
+def start_gateway(settings: Settings, timeout: float = 180) -> Gateway:
+    """The gateway for ``settings``, bound to ``settings.host`` (127.0.0.1 by default)."""
+    records: list[InferenceRecord] = []
+    app = create_app(settings, recorder=records.append)
+    s = serve_app(app, settings.host, settings.port, timeout)
+    return Gateway(s.url, s.server, s.thread, s.loop, app, records)
 
 
 def write_routes(path: Path, routes: dict[str, dict[str, Any]]) -> Path:

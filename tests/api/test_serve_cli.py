@@ -64,7 +64,39 @@ def test_serve_answers_completions_until_stopped(demo_home: Home) -> None:
         assert r.json()["model"] == r.headers["x-model-id"] and "@" in r.json()["model"]
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     # uvicorn shuts down gracefully, then re-raises the signal it caught
     assert proc.returncode in (0, -signal.SIGTERM), err
     assert "Traceback" not in err
+    # no admin token: said at start, and the admin API answers loopback clients only
+    assert "answers loopback clients only" in out
+
+
+def test_a_non_loopback_host_without_an_admin_token_is_refused(demo_home: Home) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LORA_ROUTER_ADMIN_TOKEN"}
+    out = subprocess.run(
+        [*CLI, "--home", str(demo_home.root), "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr + out.stdout
+    assert "LORA_ROUTER_ADMIN_TOKEN" in lines[0] and "--insecure-open-admin" in lines[0]
+    assert "0.0.0.0" in lines[0]
+
+
+def test_insecure_open_admin_starts_with_a_loud_warning(demo_home: Home) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LORA_ROUTER_ADMIN_TOKEN"}
+    proc = subprocess.Popen(
+        [*CLI, "--home", str(demo_home.root), "--host", "0.0.0.0", "--port", str(free_port()),
+         "--insecure-open-admin", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # printed before the model loads
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert first.startswith("WARNING: --insecure-open-admin"), first
+    assert "LORA_ROUTER_ADMIN_TOKEN" in first and "anyone" in first

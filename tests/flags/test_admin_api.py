@@ -21,7 +21,7 @@ async def http(store: RouteStore, tmp_path: Path) -> AsyncIterator[httpx.AsyncCl
     await store.seed({"support": make_state(rollback_target="support@v0")})
     service = RouteService(store, known_adapters=home_known_adapters(make_home(tmp_path)))
     transport = httpx.ASGITransport(app=admin_app(service))
-    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         yield client
 
 
@@ -46,7 +46,7 @@ async def test_canary_promote_rollback_and_audit(http: httpx.AsyncClient) -> Non
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["state"]["canary"] == {"adapter": "support@v2", "percent": 20.0}
-    assert body["state"]["updated_by"] == "ann" and body["commit_ms"] > 0
+    assert body["state"]["updated_by"] == "loopback (claimed: ann)" and body["commit_ms"] > 0
     r = await http.post("/admin/routes/support/promote", json={"reason": "good", "actor": "bob"})
     assert (r.json()["state"]["live"], r.json()["state"]["rollback_target"]) == (
         "support@v2", "support@v1",
@@ -56,7 +56,8 @@ async def test_canary_promote_rollback_and_audit(http: httpx.AsyncClient) -> Non
     assert (r.json()["state"]["live"], r.json()["state"]["version"]) == ("support@v1", 4)
     audit = (await http.get("/admin/routes/support/audit")).json()["entries"]
     assert [(e["version"], e["action"], e["by"]) for e in audit] == [
-        (1, "seed", "config"), (2, "canary", "ann"), (3, "promote", "bob"), (4, "rollback", "api"),
+        (1, "seed", "config"), (2, "canary", "loopback (claimed: ann)"),
+        (3, "promote", "loopback (claimed: bob)"), (4, "rollback", "loopback"),
     ]
     assert audit[3]["before"]["live"] == "support@v2"
     tail = (await http.get("/admin/routes/support/audit", params={"limit": 1})).json()

@@ -223,7 +223,8 @@ def test_cli_through_a_running_gateway(cli: Any, redis_url: str, home: Path) -> 
                 "--url", url, "--actor", "bob", REDIS_URL=None)
         assert r.exit_code == 0, r.output
         assert "version 2" in r.stdout
-        assert stored(redis_url, "support").updated_by == "bob"
+        # over HTTP the name is a claim; the audit records who authenticated (loopback)
+        assert stored(redis_url, "support").updated_by == "loopback (claimed: bob)"
         r = cli("set-live", "support", "support@v9", "--reason", "x", "--url", url,
                 REDIS_URL=None)
         assert r.exit_code == 2 and "support@v9" in r.stderr
