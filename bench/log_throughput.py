@@ -4,7 +4,9 @@
    enough that nothing spills) and ``close()`` drains them; rows/s = records / (enqueue +
    drain) wall time, features included. PostgreSQL: ``DATABASE_URL`` or ``--pg-url`` (default:
    the local test database), in a throwaway schema dropped afterwards. SQLite: a temp home.
-2. Enqueue cost: the mean wall time of ``writer.record(rec)`` over those records (µs).
+2. Enqueue cost: the mean wall time of ``writer.record(rec)`` over those records (µs): the
+   journal append (the record serialised to one JSON line and handed to the kernel with one
+   ``write(2)``, no fsync) plus the queue append.
 3. Gateway, ``logging_on_over_off``: ONE gateway (``create_app`` under uvicorn, the demo home
    of ``--home``, its first route) whose recorder is a switch: the log writer's enqueue
    (``--gateway-sink``: SQLite in a scratch home, or a throwaway PostgreSQL schema) or

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.table import Table
 
 from router.cli.common import HomeOpt, console, friendly_errors, load_settings
+from router.cli.output import Col, Listing, echo_jsonl, print_listing
 from router.log import bulk
-from router.log.factory import build_log_writer, build_sink, build_spool
+from router.log.factory import build_log_writer, build_sink, scrub_local
 from router.log.rows import to_json
 from router.log.sink import LogSink, parse_since
 
@@ -66,15 +66,12 @@ def tail(
     """The most recent requests, newest first."""
     rows = _with_sink(home, lambda s: s.tail(n, route))
     if as_json:
-        for row in rows:
-            console.print_json(json.dumps(to_json(row)))
+        echo_jsonl(to_json(row) for row in rows)
         return
     cols = ("served_at", "request_id", "route", "arm", "model_id", "status", "latency_ms",
             "was_correct")
-    table = Table(*cols)
-    for row in rows:
-        table.add_row(*(_fmt(row.get(c)) for c in cols))
-    console.print(table)
+    print_listing(Listing([Col(c) for c in cols],
+                          [[_fmt(row.get(c)) for c in cols] for row in rows]))
 
 
 @log_app.command("stats")
@@ -89,18 +86,18 @@ def stats(
     start = parse_since(since)
     groups = _with_sink(home, lambda s: s.stats(start, route))
     if as_json:
-        for g in groups:
-            typer.echo(json.dumps(g.as_dict()))
+        echo_jsonl(g.as_dict() for g in groups)
         return
-    table = Table("model_id", "arm", "requests", "errors", "p50 ms", "p99 ms", "prompt tok",
-                  "completion tok", "labelled", "accuracy",
-                  title=f"route {route or '(all)'} since {start:%Y-%m-%d %H:%M:%S} UTC")
-    for g in groups:
-        acc = "-" if g.accuracy is None else f"{g.accuracy:.3f}"
-        table.add_row(g.model_id, _fmt(g.arm), str(g.count), str(g.errors),
-                      _fmt(g.latency_p50_ms), _fmt(g.latency_p99_ms), str(g.prompt_tokens),
-                      str(g.completion_tokens), str(g.labelled), acc)
-    console.print(table)
+    cols = ("model_id", "arm", "requests", "errors", "p50 ms", "p99 ms", "prompt tok",
+            "completion tok", "labelled", "accuracy")
+    rows = [
+        [g.model_id, _fmt(g.arm), str(g.count), str(g.errors), _fmt(g.latency_p50_ms),
+         _fmt(g.latency_p99_ms), str(g.prompt_tokens), str(g.completion_tokens),
+         str(g.labelled), "-" if g.accuracy is None else f"{g.accuracy:.3f}"]
+        for g in groups
+    ]
+    print_listing(Listing([Col(c) for c in cols], rows,
+                          title=f"route {route or '(all)'} since {start:%Y-%m-%d %H:%M:%S} UTC"))
 
 
 @log_app.command("export")
@@ -149,7 +146,7 @@ def delete_subject(
     also those still in the spool: sealed segments are rewritten without them, and the
     database keeps a deletion tombstone so that a later replay never writes them back."""
     settings = load_settings(home)
-    scrubbed = build_spool(settings).scrub_subject(subject)
+    scrubbed = scrub_local(settings, subject)  # sealed spool, dead processes' journals
     n = _with_sink(home, lambda s: s.purge_inputs(subject=subject))
     console.print(f"deleted {n} stored inputs of subject {subject!r} "
                   f"(and {scrubbed} not yet written, from the spool)")

@@ -1,7 +1,7 @@
 """Building the inference log from settings: the sink registry and the writer.
 
 ``DATABASE_URL`` set: PostgreSQL; unset: SQLite at ``<home>/log/inference.db``. The spool is
-always ``<home>/log/spool/``.
+always ``<home>/log/spool/``, the journal ``<home>/log/journal/``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from registry.home import Home
+from router.log import leftovers
 from router.log.features import LabelsFor, TokenCounter
+from router.log.journal import Journal
 from router.log.pg_sink import PostgresSink
 from router.log.rows import RowBuilder
 from router.log.sink import LogSink
@@ -48,6 +50,23 @@ def build_spool(settings: Settings, home: Home | Path | str | None = None) -> Sp
     return Spool(_home(home or settings.home).log_dir / "spool")
 
 
+def build_journal(settings: Settings, home: Home | Path | str | None = None) -> Journal:
+    """The home's journal (``<home>/log/journal/``), fsynced every ``log_fsync_interval_s``."""
+    return Journal(
+        _home(home or settings.home).log_dir / "journal",
+        fsync_interval_s=settings.log_fsync_interval_s,
+    )
+
+
+def scrub_local(settings: Settings, subject: str) -> int:
+    """Remove a subject's raw inputs from this home's local files that no live writer owns
+    (sealed spool segments, journal segments of dead processes); returns how many."""
+    h = _home(settings.home)
+    return build_spool(settings, h).scrub_subject(subject) + leftovers.scrub_subject(
+        h.log_dir / "journal", subject
+    )
+
+
 def build_log_writer(
     settings: Settings,
     home: Home | Path | str | None = None,
@@ -72,6 +91,7 @@ def build_log_writer(
         sink or build_sink(settings, h),
         build_spool(settings, h),
         builder,
+        journal=build_journal(settings, h),
         batch_size=settings.log_batch_size,
         flush_ms=settings.log_flush_ms,
         queue_max=settings.log_queue_max,

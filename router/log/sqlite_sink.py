@@ -5,11 +5,19 @@ blocks on disk and statements never interleave. Writes take SQLite's write lock 
 (``BEGIN IMMEDIATE``), so the deletion tombstones a write reads are current (see
 ``router.log.sink``). A new database file is created with mode 0600 (it holds the input
 store's raw prompts and subjects; SQLite gives its ``-wal``/``-shm`` files the same mode).
+
+Every call is bounded: SQLite waits at most ``busy_timeout_ms`` for a lock, and the caller
+at most ``timeout_s`` for an answer (then the running statement is interrupted). Any
+database error, a file that is not (or no longer) a database included, raises
+``LogStoreUnavailable``: a corrupt ``inference.db`` never stops the gateway, its records
+spool. Commits are ``synchronous = FULL`` (the WAL is fsynced at each batch's commit), so a
+row the writer counts as written survives a machine crash and its journal line can go.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -75,9 +83,12 @@ class SqliteSink(LogSink):
 
     name = "sqlite"
 
-    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, path: Path, *, busy_timeout_ms: int = 5000, timeout_s: float = 10.0
+    ) -> None:
         self.path = path
         self._busy_ms = busy_timeout_ms
+        self._timeout = timeout_s
         self._conn: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
 
@@ -86,35 +97,62 @@ class SqliteSink(LogSink):
             await self.open()
         assert self._pool is not None
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._call, fn)
+        return await self._bounded(loop.run_in_executor(self._pool, self._call, fn))
+
+    async def _bounded(self, fut: asyncio.Future[T]) -> T:
+        try:
+            return await asyncio.wait_for(fut, self._timeout)
+        except TimeoutError as exc:
+            conn = self._conn
+            if conn is not None:
+                conn.interrupt()  # the statement stops at its next step
+            raise LogStoreUnavailable(
+                f"sqlite log at {self.path}: no answer within {self._timeout:g} s"
+            ) from exc
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        assert self._conn is not None
+        conn = self._conn
+        if conn is None:
+            raise LogStoreUnavailable(f"sqlite log at {self.path}: closed")
         try:
-            return fn(self._conn)
+            return fn(conn)
         except sqlite3.IntegrityError as exc:
-            self._conn.rollback()
+            _rollback(conn)
             raise RowRejected(f"sqlite refused a row: {exc}") from exc
-        except sqlite3.OperationalError as exc:  # locked, disk I/O, full
-            self._conn.rollback()
+        except sqlite3.DatabaseError as exc:  # locked, disk I/O, full, not a database
+            _rollback(conn)
             raise LogStoreUnavailable(f"sqlite log at {self.path}: {exc}") from exc
 
     async def open(self) -> None:
         if self._conn is not None:
             return
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-sqlite")
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-sqlite")
         loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(self._pool, self._connect)
-        await self._run(self._migrate)
+        try:
+            self._conn = await self._bounded(loop.run_in_executor(pool, self._connect))
+            self._pool = pool
+            await self._run(self._migrate)
+        except (sqlite3.Error, OSError, LogStoreUnavailable) as exc:
+            conn, self._conn, self._pool = self._conn, None, None
+            if conn is not None:
+                pool.submit(conn.close)
+            pool.shutdown(wait=False)
+            if isinstance(exc, LogStoreUnavailable):
+                raise
+            raise LogStoreUnavailable(f"sqlite log at {self.path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():  # owner-only from the start: it may hold raw prompts
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error:
+            conn.close()
+            raise
         return conn
 
     @staticmethod
@@ -132,16 +170,21 @@ class SqliteSink(LogSink):
                 )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     async def close(self) -> None:
         conn, pool = self._conn, self._pool
         self._conn = self._pool = None
-        if pool is not None and conn is not None:
-            await asyncio.get_running_loop().run_in_executor(pool, conn.close)
-        if pool is not None:
-            pool.shutdown(wait=True)
+        if pool is None:
+            return
+        stuck = False
+        if conn is not None:
+            try:
+                await self._bounded(asyncio.get_running_loop().run_in_executor(pool, conn.close))
+            except LogStoreUnavailable:
+                stuck = True  # a statement still running: its thread ends on its own
+        pool.shutdown(wait=not stuck)
 
     async def write(self, rows: Sequence[Row], inputs: Sequence[Row] = ()) -> int:
         values = [_to_db(r) for r in rows]
@@ -265,6 +308,12 @@ class SqliteSink(LogSink):
         for r in out:
             r["stored_at"] = datetime.fromisoformat(r["stored_at"])
         return out
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back whatever is open (nothing may be: then it is a no-op)."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.rollback()
 
 
 def _live_inputs(conn: sqlite3.Connection, inputs: Sequence[Row]) -> list[Row]:

@@ -28,7 +28,8 @@ from router.log.sqlite_sink import SqliteSink
 from router.log.writer import LogWriter
 from tests.conftest import free_port, require
 
-T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+# a day ago, not a fixed date: input rows older than the retention (30 d) would be purged
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 _seq = itertools.count()
 
 

@@ -4,28 +4,44 @@
 default log writer the lifespan builds) and, when ``shadow`` is given, installs the
 dispatcher it returns (built from the running engine and the recorder) on the completion
 service. On exit the dispatcher is closed first, then the server (whose lifespan drains the
-default writer).
+default writer). ``serve_process(...)`` starts ``lora-router serve`` as a subprocess (a real
+process to SIGTERM or SIGKILL); ``wait_ready`` waits for its ``/readyz``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from adapters.engine import Engine
+from registry.home import Home
 from router.app import create_app
 from router.service import Recorder
 from router.settings import Settings
 from router.shadow import BackgroundShadow
 from tests.api.conftest import adapter_ids, write_routes
 
-__all__ = ["LiveGateway", "adapter_ids", "live_gateway", "shadow_factory", "write_routes"]
+__all__ = [
+    "LiveGateway",
+    "adapter_ids",
+    "live_gateway",
+    "serve_process",
+    "shadow_factory",
+    "wait_ready",
+    "write_routes",
+]
 
 ShadowFactory = Callable[[Engine, Recorder], BackgroundShadow]
 
@@ -95,3 +111,35 @@ def prompt_for(i: int) -> str:
 
 def key_for(i: int) -> str:
     return hashlib.sha256(f"user-{i}".encode()).hexdigest()[:12]
+
+
+def serve_process(
+    home: Home,
+    routes: Path,
+    port: int,
+    database_url: str | None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """``lora-router serve`` on ``home`` in a subprocess (``env``: extra variables)."""
+    full = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    full["LORA_ROUTER_TORCH_THREADS"] = "1"
+    if database_url:
+        full["DATABASE_URL"] = database_url
+    full.update(env or {})
+    cmd = [sys.executable, "-m", "router.cli.main", "serve", "--home", str(home.root),
+           "--port", str(port), "--routes", str(routes), "--log-level", "warning"]
+    return subprocess.Popen(cmd, env=full, stdout=subprocess.DEVNULL)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url, timeout=5) as client:
+        while True:
+            assert proc.poll() is None, "gateway exited during start"
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "gateway not ready"
+            time.sleep(0.2)

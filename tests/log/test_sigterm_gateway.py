@@ -17,12 +17,9 @@ primary row.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,50 +31,12 @@ import pytest
 from registry.home import Home
 from router.log.spool import Spool
 from tests.conftest import free_port
-from tests.log.gateway import adapter_ids, prompt_for, write_routes
+from tests.log.gateway import adapter_ids, prompt_for, serve_process, wait_ready, write_routes
 
 SIGTERM_AFTER = 40  # responses received before the signal
 CLIENTS = 8
 CLEAN_EXIT = (0, -signal.SIGTERM)
 COLUMNS = "request_id, model_id, arm, flag_version, status, parent_request_id"
-
-
-def _serve(
-    home: Home, routes: Path, port: int, database_url: str | None
-) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env["LORA_ROUTER_TORCH_THREADS"] = "1"
-    if database_url:
-        env["DATABASE_URL"] = database_url
-    cmd = [
-        sys.executable,
-        "-m",
-        "router.cli.main",
-        "serve",
-        "--home",
-        str(home.root),
-        "--port",
-        str(port),
-        "--routes",
-        str(routes),
-        "--log-level",
-        "warning",
-    ]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + 180
-    with httpx.Client(base_url=url, timeout=5) as client:
-        while True:
-            assert proc.poll() is None, "gateway exited during start"
-            try:
-                if client.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "gateway not ready"
-            time.sleep(0.2)
 
 
 @dataclass
@@ -157,9 +116,9 @@ async def test_sigterm_under_load_every_admitted_request_has_its_row(
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = _serve(copy_home, routes, port, database_url)
+    proc = serve_process(copy_home, routes, port, database_url)
     try:
-        _wait_ready(proc, url)
+        wait_ready(proc, url)
         load = await _load(url, "triage", proc)
         # uvicorn shuts down gracefully, then re-raises the signal it caught: -15 is clean
         assert await asyncio.to_thread(proc.wait, 90) in CLEAN_EXIT
@@ -170,9 +129,9 @@ async def test_sigterm_under_load_every_admitted_request_has_its_row(
     first = _rows(copy_home, database_url)
 
     # restart on the same home: replays anything spooled, then a clean stop again
-    proc = _serve(copy_home, routes, port, database_url)
+    proc = serve_process(copy_home, routes, port, database_url)
     try:
-        _wait_ready(proc, url)
+        wait_ready(proc, url)
     finally:
         assert _stop(proc) in CLEAN_EXIT
     rows = _rows(copy_home, database_url)

@@ -133,3 +133,4 @@ async def test_a_subject_deleted_while_its_inputs_are_spooled_never_comes_back(
     finally:
         await sink.close()
     assert not list((home / "log" / "spool").glob("*.jsonl*"))
+    assert not list((home / "log" / "journal").iterdir())  # raw prompts: none left on disk
