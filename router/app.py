@@ -126,6 +126,7 @@ def create_app(
                 shadow=dispatcher,
                 limits=limits,
                 route_for=flags.serving.get,
+                residency=residency,  # loads pinned adapters on demand
             )
             app.state.components = Components(
                 settings, home, engine, store, residency, service, base_verified=True,

@@ -34,8 +34,11 @@ from adapters.engine import (
     SamplingParams,
     StreamChunk,
 )
+from adapters.residency import Residency
 from registry.errors import (
+    AdapterNotFound,
     AdapterNotResident,
+    AdapterRetired,
     EngineError,
     EngineTimeout,
     InvalidRequest,
@@ -44,6 +47,7 @@ from registry.errors import (
 )
 from registry.home import Home
 from registry.ids import is_adapter_id
+from router.catalog import ModelCatalog
 from router.flags.state import RouteState
 from router.flags.store import RouteStore
 from router.limits import Limits
@@ -176,9 +180,12 @@ class CompletionService:
 
     Contract:
     - ``model`` is a route name (arm chosen by :func:`router.routing.choose` with the call's
-      ``route_key``, else the request id), a resident adapter id (pinned), or the base's
-      name. A known but not resident adapter raises ``AdapterNotResident``; anything else
-      ``ModelNotFound`` listing the valid names.
+      ``route_key``, else the request id), an adapter id (pinned), or the base's name. A
+      registered adapter that is not resident is loaded on demand through ``residency``
+      (:meth:`~adapters.residency.Residency.load_on_demand`: verified, bounded by the free
+      slots, ``NoSlotForPinned`` (422) when routes hold every slot); without a residency it
+      raises ``AdapterNotResident``. A retired or unregistered adapter, and anything else,
+      raise ``ModelNotFound`` listing the valid names (:class:`router.catalog.ModelCatalog`).
     - Every await on the engine is bounded (engine timeout + grace -> ``EngineTimeout``);
       engine failures that are not project errors become ``EngineError``.
     - Exactly one record per call reaches ``recorder`` (ok or error), when one is set.
@@ -195,12 +202,15 @@ class CompletionService:
         shadow: ShadowDispatcher | None = None,
         limits: Limits | None = None,
         route_for: Callable[[str], RouteState | None] | None = None,
+        residency: Residency | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         # the state a route's requests are served from (default: the newest applied);
         # the gateway passes ServingRoutes.get: an earlier version while one is loading
         self._route_for = route_for if route_for is not None else store.get
+        self.residency = residency
+        self.catalog = ModelCatalog(engine, store, home, self._route_for)
         self.recorder = recorder
         self.shadow = shadow
         self.limits = limits if limits is not None else Limits()
@@ -211,35 +221,47 @@ class CompletionService:
         self._max_context = engine.base.max_context
 
     # -- resolution -------------------------------------------------------------------
-    def models(self) -> list[tuple[str, str]]:
-        """``(id, kind)`` for every valid ``model``: routes, resident adapters, the base."""
-        out = [(name, "route") for name in sorted(self.store.all())]
-        out += [(a, "adapter") for a in sorted(self.engine.resident_adapters())]
-        out.append((self._base_name, "base"))
-        return out
-
-    def resolve(self, model: str, key: str) -> Decision:
+    def _resolve(self, model: str, key: str) -> tuple[Decision, bool]:
+        """The decision, and whether its (pinned) adapter must be loaded first."""
         state = self._route_for(model)
         if state is not None:
-            return choose(state, key)
+            return choose(state, key), False
         if model == self._base_name:
-            return Decision(None, "live", None, None)
+            return Decision(None, "live", None, None), False
         if model in self.engine.resident_adapters():
-            return Decision(None, "live", model, None)
+            if self.residency is not None:
+                self.residency.touch(model)
+            return Decision(None, "live", model, None), False
         if is_adapter_id(model) and self._on_disk(model):
-            raise AdapterNotResident(
-                f"adapter {model!r} exists but is not loaded (no route references it)",
-                param="model",
-            )
-        valid = [name for name, _ in self.models()]
-        raise ModelNotFound(
-            f"model {model!r} not found; valid models: {', '.join(valid)}",
+            return Decision(None, "live", model, None), True
+        raise self._not_found(model)
+
+    def _not_found(self, model: str, why: str = "") -> ModelNotFound:
+        valid = self.catalog.ids()
+        return ModelNotFound(
+            f"model {model!r} not found{why}; valid models: {', '.join(valid)}",
             param="model",
             valid=valid,
         )
 
+    async def _load_pinned(self, adapter_id: str) -> None:
+        """Load a pinned adapter on demand (bounded by the request timeout)."""
+        if self.residency is None:
+            raise AdapterNotResident(
+                f"adapter {adapter_id!r} exists but is not loaded (no route references it)",
+                param="model",
+            )
+        keep = Residency.referenced(self.store.all())
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self.residency.load_on_demand(adapter_id, keep)
+        except AdapterRetired as exc:
+            raise self._not_found(adapter_id, ": the adapter is retired") from exc
+        except AdapterNotFound as exc:
+            raise self._not_found(adapter_id, ": the adapter is not registered") from exc
+
     def _on_disk(self, adapter_id: str) -> bool:
-        # only reached on the error path: a stat is fine there
+        # only reached when the adapter is not resident: a stat is fine there
         return (self._home.adapter_dir(adapter_id) / "adapter_config.json").is_file()
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
@@ -262,7 +284,9 @@ class CompletionService:
                 f"({self._max_context} tokens)",
                 param="max_tokens",
             )
-        ctx.decision = self.resolve(call.model, ctx.key)
+        ctx.decision, load = self._resolve(call.model, ctx.key)
+        if load:
+            await self._load_pinned(call.model)
         ids = await self._encode(call.prompt)
         return GenerationRequest(
             call.request_id, call.prompt, ctx.decision.adapter_id, call.params, prompt_ids=ids

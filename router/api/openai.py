@@ -1,8 +1,12 @@
-"""OpenAI-compatible endpoints: ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``.
+"""OpenAI-compatible endpoints: ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``
+and ``/v1/models/{id}``.
 
-Each response names who served it: ``model`` is the concrete adapter id (or the base's
-name), also in ``x-model-id``; ``id`` is the request id, also in ``x-request-id``; routed
-requests add ``x-route``, ``x-route-arm`` and ``x-flag-version``. Streams are server-sent
+Each completion names who served it: ``model`` is the concrete adapter id (or the base's
+name), also in ``x-model-id``; ``id`` is the request id, also in ``x-request-id``;
+``x-route-arm`` says how ``model`` was resolved: ``live`` or ``canary`` for a route, which
+also adds ``x-route`` and ``x-flag-version``; ``pinned`` for an adapter id; ``base`` for the
+base's name (neither of the last two has a route or flag version, so those headers are
+absent). Error answers carry ``x-request-id`` only. Streams are server-sent
 events in OpenAI's chunk format, ending with ``data: [DONE]``. Responses are plain dicts
 serialised by ``pydantic_core.to_json`` (no response models on the hot path), and bodies
 are parsed in one pass by ``model_validate_json`` (``router.api.deps.json_body``).
@@ -27,7 +31,13 @@ from adapters.engine import GenerationResult, SamplingParams, StreamChunk
 from registry.errors import InvalidRequest, LoraRouterError
 from router.api.deps import ChatBody, CompletionBody, ServiceDep, body_openapi
 from router.api.errors import JSON, project_error_object
-from router.api.openapi import CHAT_ANSWERS, COMPLETION_ANSWERS, MODELS_ANSWER, error_responses
+from router.api.openapi import (
+    CHAT_ANSWERS,
+    COMPLETION_ANSWERS,
+    MODEL_ANSWER,
+    MODELS_ANSWER,
+    error_responses,
+)
 from router.limits import Limits
 from router.schemas import (
     DEFAULT_MAX_TOKENS,
@@ -60,13 +70,12 @@ Render = Callable[[StreamChunk], Iterable[dict[str, Any]]]
 
 def _headers(served: Served) -> dict[str, str]:
     d = served.decision
-    headers = {
-        "x-request-id": served.request_id,
-        "x-model-id": served.model_id,
-        "x-route-arm": d.arm,
-    }
-    if d.route is not None:
-        headers["x-route"] = d.route
+    headers = {"x-request-id": served.request_id, "x-model-id": served.model_id}
+    if d.route is None:  # pinned adapter id, or the base's name: no route, no flag version
+        headers["x-route-arm"] = "pinned" if d.adapter_id is not None else "base"
+        return headers
+    headers["x-route"] = d.route
+    headers["x-route-arm"] = d.arm
     if d.flag_version is not None:
         headers["x-flag-version"] = str(d.flag_version)
     return headers
@@ -180,12 +189,18 @@ async def chat_completions(body: ChatBody, request: Request, service: ServiceDep
 
 @router.get("/models", responses={**MODELS_ANSWER, **error_responses(431)})
 async def models(service: ServiceDep) -> Response:
-    """Routes, resident adapter ids and the base: every valid ``model``."""
-    data = [
-        {"id": name, "object": "model", "created": 0, "owned_by": "lora-router", "kind": kind}
-        for name, kind in service.models()
-    ]
+    """Every valid ``model``: routes, registered adapters (resident or not) and the base."""
+    data = await service.catalog.list_models()
     return Response(to_json({"object": "list", "data": data}), media_type=JSON)
+
+
+# ``:path``: an id with "/" (sent encoded as %2F) reaches the endpoint and is answered 404
+# model_not_found like any other unknown id, not with the router's bare 404
+@router.get("/models/{model_id:path}",
+            responses={**MODEL_ANSWER, **error_responses(404, 422, 431)})
+async def retrieve_model(model_id: str, service: ServiceDep) -> Response:
+    """One valid ``model`` (OpenAI's retrieve model): a route, an adapter id or the base."""
+    return Response(to_json(await service.catalog.retrieve(model_id)), media_type=JSON)
 
 
 # -- streaming ------------------------------------------------------------------------

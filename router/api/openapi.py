@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -64,9 +64,11 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     409: "Conflict: a stale expected_version, or a refused route change.",
     413: "Too large: the body (max_body_bytes), the prompt (max_prompt_chars) or a field "
     "(user, x-route-key, reason, actor) is over its limit; the message names it.",
-    422: "The body or a parameter does not match the schema.",
+    422: "The body or a parameter does not match the schema; or a pinned adapter cannot be "
+    "loaded: its files fail the registry's check, it does not fit the base, or every "
+    "adapter slot holds an adapter a route references (code no_free_slot).",
     431: "The request target and headers are over max_header_bytes.",
-    503: "Unavailable: adapter not resident, engine overloaded, or a store down.",
+    503: "Unavailable: engine overloaded, a route's adapter still loading, or a store down.",
     504: "The engine did not answer within the request timeout.",
 }
 _ERROR_CONTENT = {JSON: {"schema": inline_schema(ErrorBody)}}
@@ -126,6 +128,25 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+def _header(description: str, schema: dict[str, Any], required: bool) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": schema}
+
+
+_STR = {"type": "string"}
+# Who served a completion (router.api.openai._headers); error answers carry x-request-id only.
+SERVED_HEADERS: dict[str, dict[str, Any]] = {
+    "x-request-id": _header("The request id, also the response's id.", _STR, True),
+    "x-model-id": _header("The adapter that served it, or the base's name.", _STR, True),
+    "x-route-arm": _header(
+        "How model was resolved: live or canary (a route), pinned (an adapter id), base "
+        "(the base's name).",
+        {"type": "string", "enum": ["live", "canary", "pinned", "base"]}, True),
+    "x-route": _header("The route (route requests only).", _STR, False),
+    "x-flag-version": _header("The route's flag version that served it (route requests "
+                              "only).", {"type": "integer"}, False),
+}
+
+
 def _answers(model: type[BaseModel], what: str) -> dict[int | str, dict[str, Any]]:
     stream = {  # the schema of one event; each carries a chunk as JSON, the last [DONE]
         "type": "object",
@@ -135,6 +156,7 @@ def _answers(model: type[BaseModel], what: str) -> dict[int | str, dict[str, Any
         "required": ["data"],
     }
     return {200: {"description": f"The {what}; with stream true, server-sent events.",
+                  "headers": SERVED_HEADERS,
                   "content": {JSON: {"schema": inline_schema(model)},
                               SSE: {"schema": stream}}}}
 
@@ -143,22 +165,70 @@ COMPLETION_ANSWERS = _answers(Completion, "completion")
 CHAT_ANSWERS = _answers(ChatCompletion, "chat completion")
 
 
-class ModelEntry(BaseModel):
+class SplitInfo(BaseModel):
+    adapter: str
+    percent: float
+
+
+class _ModelBase(BaseModel):
     id: str
     object: Literal["model"]
-    created: int
+    created: int = Field(description="Unix seconds: a route's last change, an adapter "
+                         "card's creation, the base's pin.")
     owned_by: str
-    kind: Literal["route", "adapter", "base"]
+
+
+class RouteModel(_ModelBase):
+    """A route: the state its requests are served by now."""
+
+    kind: Literal["route"]
+    live: str
+    canary: SplitInfo | None
+    shadow: SplitInfo | None
+    rollback_target: str | None
+    flag_version: int = Field(description="The version served, as in x-flag-version.")
+
+
+class AdapterBase(BaseModel):
+    name: str
+    version: str
+    sha256: str
+
+
+class AdapterModel(_ModelBase):
+    """An adapter id (``name@version``); one that is not resident is loaded on demand."""
+
+    kind: Literal["adapter"]
+    resident: bool
+    status: str | None = Field(description="The model card's lifecycle status.")
+    base: AdapterBase | None = Field(description="The base it was trained on (its card).")
+    routes: list[str] = Field(description="The routes that reference it.")
+
+
+class BaseModelInfo(_ModelBase):
+    """The pinned base, served by its name."""
+
+    kind: Literal["base"]
+    sha256: str
+    max_context: int
+
+
+class ModelObject(RootModel[RouteModel | AdapterModel | BaseModelInfo]):
+    """``GET /v1/models/{model_id}``: OpenAI's Model object plus what the gateway knows."""
 
 
 class ModelList(BaseModel):
     """``GET /v1/models``: every valid ``model``."""
 
     object: Literal["list"]
-    data: list[ModelEntry]
+    data: list[RouteModel | AdapterModel | BaseModelInfo]
 
 
 MODELS_ANSWER: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Routes, resident adapters and the base.",
+    200: {"description": "Routes, registered adapters (resident or not) and the base.",
           "content": {JSON: {"schema": inline_schema(ModelList)}}}
+}
+MODEL_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The model: a route, an adapter or the base.",
+          "content": {JSON: {"schema": inline_schema(ModelObject)}}}
 }

@@ -15,6 +15,7 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     ("post", "/v1/completions"): {200, 400, 404, 413, 422, 431, 503, 504},
     ("post", "/v1/chat/completions"): {200, 400, 404, 413, 422, 431, 503, 504},
     ("get", "/v1/models"): {200, 431},
+    ("get", "/v1/models/{model_id}"): {200, 404, 431},
     ("post", "/v1/feedback"): {200, 400, 404, 413, 422, 431, 503},
     ("get", "/healthz"): {200, 431},
     ("get", "/readyz"): {200, 431, 503},
@@ -61,6 +62,16 @@ def test_completions_declare_json_and_event_stream(document: dict[str, Any]) -> 
         assert set(ok) == {"application/json", "text/event-stream"}
         assert {"id", "model", "choices", "usage"} <= set(
             ok["application/json"]["schema"]["required"])
+
+
+def test_completions_declare_who_served_them_in_headers(document: dict[str, Any]) -> None:
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        headers = document["paths"][path]["post"]["responses"]["200"]["headers"]
+        assert {h for h, d in headers.items() if d["required"]} == {
+            "x-request-id", "x-model-id", "x-route-arm"}
+        assert {h for h, d in headers.items() if not d["required"]} == {
+            "x-route", "x-flag-version"}
+        assert headers["x-route-arm"]["schema"]["enum"] == ["live", "canary", "pinned", "base"]
 
 
 def test_metrics_is_declared_as_text(document: dict[str, Any], gateway: Gateway) -> None:
