@@ -26,7 +26,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.telemetry import TelemetryConfig
 
 from adapters.engine import Engine
@@ -34,12 +34,16 @@ from adapters.factory import build_engine
 from adapters.residency import Residency
 from registry.errors import LoraRouterError
 from registry.home import Home
-from router.api import admin, feedback, health, openai
-from router.api.access import AdminAccess
+from router.api import admin, feedback, health, keys, openai
+from router.api.access import AdminAccess, require_app
 from router.api.deps import Components
 from router.api.errors import install_error_handlers
 from router.api.middleware import RequestLimits
 from router.api.openapi import error_responses
+from router.auth.factory import build_key_store
+from router.auth.policy import require_app_key
+from router.auth.ring import KeyRing
+from router.dashboard import api as dashboard
 from router.drift.runtime import DriftRuntime
 from router.flags.runtime import FlagsRuntime
 from router.flags.store import RouteStore
@@ -76,6 +80,7 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway for ``settings``; nothing starts until the lifespan runs."""
     limits = Limits.of(settings)
+    key_ring = KeyRing(build_key_store(settings), refresh_s=settings.keys_refresh_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,6 +94,7 @@ def create_app(
         service: CompletionService | None = None
         drift: DriftRuntime | None = None
         try:
+            await key_ring.start()  # API keys (router.auth); an unreadable store: retried
             residency = _residency(settings, engine, home)
             try:
                 flags = await FlagsRuntime.start(settings, home, residency)
@@ -159,19 +165,25 @@ def create_app(
                 await writer.close()  # drains the queue (SIGTERM: uvicorn runs the lifespan exit)
             if service is not None:
                 service.close()
+            await key_ring.close()
             await engine.close()
 
     # FastAPI's built-in OpenTelemetry hooks cost tens of microseconds of CPU per request
     # even with no provider configured: off on the hot path.
     app = FastAPI(title="lora-router", version="0.1.0", lifespan=lifespan, telemetry=_NO_OTEL)
     app.state.admin_access = AdminAccess.of(settings)
+    app.state.key_ring = key_ring
+    app.state.require_app_key = require_app_key(settings)  # None: once any key exists
     app.state.limits = limits
     app.add_middleware(RequestLimits, limits=limits)
     install_error_handlers(app)
-    app.include_router(openai.router)
+    app_key, app_key_errors = [Depends(require_app)], error_responses(401, 503)  # /v1
+    app.include_router(openai.router, dependencies=app_key, responses=app_key_errors)
     app.include_router(health.router, responses=error_responses(431))
     app.include_router(admin.router)
-    app.include_router(feedback.router)
+    app.include_router(keys.router)
+    app.include_router(dashboard.router)  # /dashboard, /admin/dashboard/state
+    app.include_router(feedback.router, dependencies=app_key, responses=app_key_errors)
     return app
 
 

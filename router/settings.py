@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     admin_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     # serve the admin API to any client without a token (`serve --insecure-open-admin`)
     insecure_open_admin: bool = False
+    # API keys (router.auth): /v1 needs an app key when true, never when false; unset: the
+    # home's access.yaml `require_app_key`, else once any key exists
+    require_app_key: bool | None = None
+    # the key the CLI's --url mode sends (`Authorization: Bearer`), before admin_token
+    api_key: SecretStr | None = None
+    keys_refresh_s: float = Field(default=1.0, gt=0, le=300)  # the gateway re-reads the keys
 
     # request limits, each answered with 413 (431 for headers) naming the limit
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
@@ -130,7 +136,7 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must be a postgresql:// URL (unset = embedded SQLite)")
         return v
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "api_key", "require_app_key", mode="before")
     @classmethod
     def _empty_token(cls, v: object) -> object:
         return None if v == "" else v

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from registry.errors import AdapterNotFound, ConfigError
 from registry.ids import check_name, parse_adapter_id
+from router.drift.policy import GuardPolicy
 
 Arm = Literal["live", "canary", "shadow"]
 
@@ -59,6 +60,7 @@ class RouteState(BaseModel):
     shadow: Split | None = None
     rollback_target: str | None = None
     task: TaskSpec = Field(default_factory=TaskSpec)
+    guard: GuardPolicy | None = None  # drift guard (router.drift.policy); None: alerts only
     version: int = Field(default=1, ge=1)
     updated_by: str = "config"
     reason: str = "initial"
@@ -113,6 +115,7 @@ class _RouteEntry(BaseModel):
     shadow: Split | None = None
     rollback_target: str | None = None
     task: TaskSpec = Field(default_factory=TaskSpec)
+    guard: GuardPolicy | None = None
 
 
 class _RoutesFile(BaseModel):
@@ -141,7 +144,8 @@ def dump_routes_file(states: dict[str, RouteState], path: Path) -> None:
         "routes": {
             name: s.model_dump(
                 mode="json",
-                include={"live", "canary", "shadow", "rollback_target", "task"},
+                include={"live", "canary", "shadow", "rollback_target", "task"}
+                | ({"guard"} if s.guard is not None else set()),
             )
             for name, s in sorted(states.items())
         }
