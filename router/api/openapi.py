@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, RootModel
 
 JSON = "application/json"
 SSE = "text/event-stream"
+HTML = "text/html"
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -57,8 +58,10 @@ class ErrorBody(BaseModel):
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Invalid request: a value that cannot be served, an unsupported OpenAI field, or a "
     "body that cannot be decoded.",
-    401: "The admin API requires a bearer token (LORA_ROUTER_ADMIN_TOKEN).",
-    403: "Refused: without an admin token the admin API answers loopback clients only; the "
+    401: "No API key, or a malformed, unknown or revoked one (Authorization: Bearer <key>); "
+    "or not the admin token (LORA_ROUTER_ADMIN_TOKEN).",
+    403: "Refused: the key's role is below what the endpoint needs (app < oncall < admin); "
+    "with no key and no admin token the admin API answers loopback clients only; the "
     "Host header must be one of the gateway's names.",
     404: "Unknown model, route, adapter or request id.",
     409: "Conflict: a stale expected_version, or a refused route change.",
@@ -68,7 +71,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     "loaded: its files fail the registry's check, it does not fit the base, or every "
     "adapter slot holds an adapter a route references (code no_free_slot).",
     431: "The request target and headers are over max_header_bytes.",
-    503: "Unavailable: engine overloaded, a route's adapter still loading, or a store down.",
+    503: "Unavailable: engine overloaded, a route's adapter still loading, or a store down "
+    "(the key store included, when the gateway has no key list yet).",
     504: "The engine did not answer within the request timeout.",
 }
 _ERROR_CONTENT = {JSON: {"schema": inline_schema(ErrorBody)}}
@@ -231,4 +235,22 @@ MODELS_ANSWER: dict[int | str, dict[str, Any]] = {
 MODEL_ANSWER: dict[int | str, dict[str, Any]] = {
     200: {"description": "The model: a route, an adapter or the base.",
           "content": {JSON: {"schema": inline_schema(ModelObject)}}}
+}
+
+# the on-call dashboard's page (router.dashboard.api); its data: /admin/dashboard/state
+HTML_PAGE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The dashboard page (static HTML; it polls /admin/dashboard/state "
+          "with the person's key).", "content": {HTML: {"schema": {"type": "string"}}}}
+}
+
+# POST /admin/routes/{route}/guard (router.api.admin): the drift guard policy's body
+GUARD_EXAMPLES: dict[str, Any] = {
+    "protect_spanish": {
+        "summary": "Roll back on its own when the Spanish slice regresses",
+        "value": {"reason": "guard the es slice of the v2 canary",
+                  "guard": {"auto_rollback": True, "protect": ["language=es"],
+                            "min_labels": 15}},
+    },
+    "remove": {"summary": "Remove the policy (alerts only)",
+               "value": {"reason": "guard off for the migration", "guard": None}},
 }
