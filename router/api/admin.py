@@ -1,21 +1,23 @@
 """Admin HTTP API over the route operations (the same service as the CLI's).
 
 ``GET /admin/routes``, ``GET /admin/routes/{route}``, ``GET /admin/routes/{route}/audit``,
-``POST /admin/routes/{route}/{rollback,canary,shadow,promote,set-live}``. Every change
+``POST /admin/routes/{route}/{rollback,canary,shadow,promote,set-live}``, and
+``POST /admin/routes/{route}/guard`` (the route's drift guard policy, versioned and audited
+like any change: :mod:`router.drift.policy`). Every change
 takes a ``reason`` (at most ``max_reason_chars``); the audit records the authenticated
-principal (``token``, ``loopback`` or ``open``) and, marked as a claim, the name the caller
-gives in the body's ``actor`` or the ``x-lora-router-actor`` header (at most
-``max_actor_chars``): ``"token (claimed: alice)"``. Errors go through the app's
+principal: ``key:<owner>`` for an API key (any name the caller sends is ignored), else
+``token``, ``loopback`` or ``open`` and, marked as a claim, the name the caller gives in the
+body's ``actor`` or the ``x-lora-router-actor`` header (at most ``max_actor_chars``):
+``"token (claimed: alice)"``. Errors go through the app's
 ``LoraRouterError`` handler (409 for a version conflict or a refused change, 404 for an
 unknown route or adapter, 413 for a reason or actor over its limit).
 
 The app provides the service on ``app.state.route_service`` (built in its lifespan).
 
-Access (:mod:`router.api.access`, rule on ``app.state.admin_access``): with an admin token
-(``LORA_ROUTER_ADMIN_TOKEN``) every ``/admin`` endpoint, reads included, requires
-``Authorization: Bearer <token>`` (401 ``unauthorized`` otherwise). Reads are protected too:
-the audit names people and their reasons, and one rule is easier to reason about than two.
-Without a token only loopback clients are answered (403). Always, the ``Host`` header must
+Access (:mod:`router.api.access`): every endpoint here, reads included, needs the
+``oncall`` role (an oncall or admin key; or the admin token; or, while no key and no token
+exist, a loopback client). Reads are protected too: the audit names people and their
+reasons, and one rule is easier to reason about than two. Always, the ``Host`` header must
 be one of the gateway's names (403 otherwise: DNS rebinding).
 """
 
@@ -24,11 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from router.api.access import AdminAccess, AdminUnauthorized, actor_label
-from router.api.openapi import error_responses
+from router.api.access import AdminUnauthorized, Principal, actor_label, require_oncall
+from router.api.openapi import GUARD_EXAMPLES, error_responses
+from router.drift.policy import GuardPolicy
 from router.flags.service import RouteService
 from router.flags.state import RouteState
 from router.flags.views import AuditOut, ChangeOut, RoutesOut, StoreOut
@@ -37,35 +40,29 @@ from router.limits import Limits
 __all__ = ["ACTOR_HEADER", "AdminUnauthorized", "Caller", "router"]
 
 ACTOR_HEADER = "x-lora-router-actor"
-_DEFAULT_ACCESS = AdminAccess()
 _DEFAULT_LIMITS = Limits()
-
-
-async def require_admin(request: Request) -> str:
-    """The caller's principal (401/403 otherwise); see :mod:`router.api.access`."""
-    access: AdminAccess = getattr(request.app.state, "admin_access", None) or _DEFAULT_ACCESS
-    return access.principal(request)
-
 
 router = APIRouter(
     prefix="/admin",
     tags=["admin"],
-    dependencies=[Depends(require_admin)],
+    dependencies=[Depends(require_oncall)],
     responses=error_responses(400, 401, 403, 404, 409, 413, 422, 431, 503),
 )
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """An admin change's caller: the authenticated principal and the name it claims."""
+    """An admin change's caller: the authenticated principal and the name it claims (a
+    key's caller claims nothing: the key names its owner)."""
 
     principal: str
     claimed: str | None = None
+    verified: bool = False
 
 
 async def get_caller(
     request: Request,
-    principal: Annotated[str, Depends(require_admin)],
+    principal: Annotated[Principal, Depends(require_oncall)],
     claimed: Annotated[str | None, Header(alias=ACTOR_HEADER)] = None,
 ) -> Caller:
     """The caller of a change, once its ``reason`` and ``actor`` are within their limits."""
@@ -77,7 +74,9 @@ async def get_caller(
             value = body.get(name)
             if isinstance(value, str):
                 limits.check_text(field, name, value, param=name)
-    return Caller(principal, claimed or None)
+    if principal.verified:
+        return Caller(principal.name, verified=True)
+    return Caller(principal.name, claimed or None)
 
 
 async def _json_or_none(request: Request) -> Any:
@@ -107,6 +106,8 @@ class ChangeIn(BaseModel):
 
     def who(self, caller: Caller) -> str:
         """The audit's ``by``: the principal, and the claimed name (body, else header)."""
+        if caller.verified:
+            return caller.principal
         return actor_label(caller.principal, self.actor or caller.claimed)
 
 
@@ -117,6 +118,13 @@ class SplitIn(ChangeIn):
 
 class AdapterIn(ChangeIn):
     adapter: str
+
+
+class GuardIn(ChangeIn):
+    guard: GuardPolicy | None = Field(
+        description="The route's whole drift guard policy (it replaces the one in force); "
+        "null removes it (alerts only, never an automatic change)."
+    )
 
 
 @router.get("/routes")
@@ -184,6 +192,18 @@ async def set_live(
 ) -> ChangeOut:
     result = await service.set_live(
         route, body.adapter,
+        actor=body.who(actor), reason=body.reason, expected_version=body.expected_version,
+    )
+    return ChangeOut.of(result)
+
+
+@router.post("/routes/{route}/guard")
+async def set_guard(
+    route: str, body: Annotated[GuardIn, Body(openapi_examples=GUARD_EXAMPLES)],
+    service: RouteServiceDep, actor: CallerDep,
+) -> ChangeOut:
+    result = await service.set_guard(
+        route, body.guard,
         actor=body.who(actor), reason=body.reason, expected_version=body.expected_version,
     )
     return ChangeOut.of(result)

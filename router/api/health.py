@@ -13,7 +13,12 @@ re-registers when Redis is back).
 ``log`` shows the inference-log writer (sink name and health, queue depth, spool backlog), or
 null when the app records through a custom recorder; a log database outage does not make the
 gateway unready either: records go to the local spool and are replayed when it is back.
-``GET /metrics``: Prometheus text format (default registry).
+``drift`` shows the drift monitor of this replica (whether it holds the lease, its loop, its
+last tick: :meth:`router.drift.runtime.DriftRuntime.status`), or null when it is off; it
+never makes the gateway unready (it guards quality, not serving).
+``GET /metrics``: Prometheus text format (default registry); the per-route flag gauges and
+the log's queue and spool gauges are refreshed from in-process state on each scrape
+(:mod:`router.metrics` lists the request series).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import to_json
 from starlette.responses import PlainTextResponse, Response
 
+from router import metrics as request_metrics
 from router.api.deps import Components
 from router.api.errors import JSON
 from router.log.writer import LogWriter
@@ -76,10 +82,25 @@ async def readyz(request: Request) -> Response:
         detail = readiness(components)
         writer: LogWriter | None = getattr(request.app.state, "log_writer", None)
         detail["log"] = writer.status() if writer is not None else None
+        drift = getattr(request.app.state, "drift", None)
+        detail["drift"] = drift.status() if drift is not None else None
     return Response(to_json(detail), status_code=200 if detail["ready"] else 503,
                     media_type=JSON)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)  # Prometheus text
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
+    _refresh_gauges(request)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _refresh_gauges(request: Request) -> None:
+    """The gauges read from in-process state at scrape time (:mod:`router.metrics`)."""
+    components: Components | None = getattr(request.app.state, "components", None)
+    if components is not None:
+        serving = components.flags.serving.get if components.flags is not None else None
+        request_metrics.observe_routes(components.store.all(), serving,
+                                       components.store.health())
+    writer: LogWriter | None = getattr(request.app.state, "log_writer", None)
+    if writer is not None:
+        request_metrics.observe_log(writer.status())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from router.cli import base_cmd, demo, flags, log, registry_cmd, serve
+from router.cli import base_cmd, cost, demo, flags, guard, incident, keys, log, registry_cmd, serve
+from router.cli.helptext import SentenceHelpGroup
 
 app = typer.Typer(
     name="lora-router",
@@ -12,10 +13,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help: rich's panels print a `<bool>` type for every flag and keep a docstring's
+    # line breaks in the command list
+    rich_markup_mode=None,
+    cls=SentenceHelpGroup,
 )
 
-for module in (serve, demo, base_cmd, flags, log, registry_cmd):
+for module in (serve, demo, base_cmd, flags, log, cost, registry_cmd, incident, keys):
     module.register(app)
+guard.register(app)  # after the route commands
 
 
 def main() -> None:

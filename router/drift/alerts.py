@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge
 from router.drift.events import Alert, OutboxItem
 
 if TYPE_CHECKING:
+    from router.drift.inputs import StreamInputs
     from router.drift.quality import StreamQuality
     from router.drift.store import DriftStore
 
@@ -58,6 +59,21 @@ WEBHOOK = Counter(
 OUTBOX_PENDING = Gauge(
     "lora_router_drift_outbox_pending", "Events waiting for webhook delivery"
 )
+FLYWHEEL = Counter(
+    "lora_router_drift_flywheel_exports_total",
+    "Retraining triggers recorded and exported after quality alerts", ["outcome"],  # ok|failed
+)
+DRIFT_STATISTIC = Gauge(
+    "lora_router_drift_statistic",
+    "A feature's last input/output drift statistic against the adapter's baseline "
+    "(method psi: alert at 0.25; ks: the KS D, alert from 0.1 with p < 0.001)",
+    ["route", "arm", "signal", "feature", "method"],
+)
+IN_DRIFT = Gauge(
+    "lora_router_drift_in_drift",
+    "1 while a feature is in drift (alerted and not cleared yet)",
+    ["route", "arm", "signal", "feature"],
+)
 LEADER = Gauge("lora_router_drift_monitor_leader", "1 while this process runs the monitor")
 TICKS = Counter("lora_router_drift_monitor_ticks_total", "Monitor ticks", ["outcome"])
 
@@ -74,6 +90,13 @@ def observe_stream(route: str, arm: str, quality: StreamQuality) -> None:
         c = test.cusum
         QUALITY_PROGRESS.labels(route, arm, key).set(c.value / max(c.design.threshold, 1))
         QUALITY_LABELS.labels(route, arm, key).set(c.n)
+
+
+def observe_inputs(route: str, arm: str, inputs: StreamInputs) -> None:
+    for (signal, feature, method), value in inputs.statistics.items():
+        DRIFT_STATISTIC.labels(route, arm, signal, feature, method).set(value)
+        IN_DRIFT.labels(route, arm, signal, feature).set(
+            1 if f"{signal}:{feature}" in inputs.active else 0)
 
 
 def sign(secret: bytes, body: bytes, at: int) -> str:

@@ -7,6 +7,12 @@ holder reads the log, raises alerts and runs the guard. Webhook delivery (when
 detection. Both loops survive every error (logged, counted, backed off) and report their
 liveness in :meth:`status`. The monitor's store is the inference log's database
 (``DATABASE_URL``, else ``<home>/log/inference.db``).
+
+After the guard has handled a round's alerts, each new quality or slice-quality alert goes
+to the correction flywheel (:func:`router.drift.flywheel.on_alert`: a retraining trigger and
+an export of the labelled failures under ``<home>/flywheel/``) in a task of its own, so an
+export never delays the next round; its errors are logged and counted
+(``lora_router_drift_flywheel_exports_total{outcome="failed"}``), never raised.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from router.drift import alerts
 from router.drift.alerts import OutboxDelivery, WebhookSender
 from router.drift.baseline_source import BaselineSource, StoredLoader
 from router.drift.baselines import load_baseline
+from router.drift.events import Alert
+from router.drift.flywheel import QUALITY_SIGNALS, on_alert
 from router.drift.guard import Guard
 from router.drift.lease import Lease, LocalLease, RedisLease
 from router.drift.monitor import DriftMonitor, TickReport
@@ -64,9 +72,10 @@ class DriftRuntime:
     def __init__(
         self, monitor: DriftMonitor, guard: Guard, lease: Lease, *,
         delivery: OutboxDelivery | None = None, interval_s: float = 1.0,
-        on_close: Callable[[], Any] | None = None,
+        on_close: Callable[[], Any] | None = None, home: Home | None = None,
     ) -> None:
         self.monitor = monitor
+        self.home = home  # where the flywheel exports (None: no flywheel)
         self.guard = guard
         self.lease = lease
         self.delivery = delivery
@@ -79,6 +88,8 @@ class DriftRuntime:
         self._stop = asyncio.Event()
         self._health = LoopHealth("drift-monitor")
         self._webhook_health = LoopHealth("drift-webhook")
+        self._flywheel: set[asyncio.Task[None]] = set()
+        self.flywheel_counts = {"ok": 0, "failed": 0}
 
     @classmethod
     def build(
@@ -107,7 +118,7 @@ class DriftRuntime:
                 await client.aclose()
 
         return cls(monitor, guard, lease, delivery=delivery,
-                   interval_s=settings.drift_interval_s, on_close=on_close)
+                   interval_s=settings.drift_interval_s, on_close=on_close, home=home)
 
     @property
     def store(self) -> DriftStore:
@@ -127,9 +138,49 @@ class DriftRuntime:
         if not self._opened:
             await self.store.open()
             self._opened = True
-        self.last_report = await self.monitor.tick()
-        await self.guard.run()
+        report = await self.monitor.tick()
+        self.last_report = report
+        try:
+            await self.guard.run()
+        finally:  # the guard's errors leave its alerts pending; the flywheel needs no action
+            self._start_flywheel(report.alerts)
         return True
+
+    def _start_flywheel(self, alerts_: list[Alert]) -> None:
+        """One task for the round's alerts (in turn: one adapter's alerts share a trigger)."""
+        todo = [a for a in alerts_
+                if a.signal in QUALITY_SIGNALS and not a.evidence.get("repeat")]
+        if self.home is None or not todo:
+            return
+        task = asyncio.create_task(self._export_all(todo), name="drift-flywheel")
+        self._flywheel.add(task)
+        task.add_done_callback(self._flywheel.discard)
+
+    async def _export_all(self, todo: list[Alert]) -> None:
+        for alert in todo:
+            await self._export(alert)
+
+    async def _export(self, alert: Alert) -> None:
+        """One alert's flywheel export; errors are logged and counted, never raised."""
+        assert self.home is not None
+        try:
+            fresh = await self.store.alert(alert.id)  # with the incident the guard opened
+            done = await on_alert(self.store, self.home, fresh or alert)
+        except Exception:
+            self.flywheel_counts["failed"] += 1
+            alerts.FLYWHEEL.labels("failed").inc()
+            log.exception("drift flywheel: export for alert #%s failed", alert.id)
+            return
+        if done is not None:
+            self.flywheel_counts["ok"] += 1
+            alerts.FLYWHEEL.labels("ok").inc()
+            log.info("drift flywheel: alert #%s -> retraining trigger %s, %d failures in %s",
+                     alert.id, done.trigger.id, done.rows, done.dir)
+
+    async def wait_flywheel(self, timeout_s: float = 30.0) -> None:
+        """Wait for the flywheel exports started so far (at most ``timeout_s``)."""
+        if self._flywheel:
+            await asyncio.wait(set(self._flywheel), timeout=timeout_s)
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._loop(), name="drift-monitor"))
@@ -182,6 +233,11 @@ class DriftRuntime:
             if late:
                 await asyncio.wait(late, timeout=5.0)
         self._tasks.clear()
+        await self.wait_flywheel(timeout_s)
+        if self._flywheel:  # still exporting: cut off (`incident export` writes it again)
+            for task in self._flywheel:
+                task.cancel()
+            await asyncio.wait(set(self._flywheel), timeout=5.0)
         with contextlib.suppress(Exception):
             await self.lease.release()
         alerts.LEADER.set(0)
@@ -201,4 +257,6 @@ class DriftRuntime:
             "loop": self._health.status(alive).as_dict(),
             "last_tick": None if report is None else {
                 "rows": report.rows, "labels": report.labels, "alerts": len(report.alerts)},
+            "flywheel": {"running": len(self._flywheel), **self.flywheel_counts},
         }
+

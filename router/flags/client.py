@@ -1,7 +1,8 @@
 """How the CLI reaches the route operations: a running gateway (HTTP) or Redis directly.
 
-Over HTTP the admin token (``LORA_ROUTER_ADMIN_TOKEN``, the same setting the gateway reads)
-is sent as ``Authorization: Bearer``.
+Over HTTP the API key (``LORA_ROUTER_API_KEY``), else the admin token
+(``LORA_ROUTER_ADMIN_TOKEN``, the same setting the gateway reads), is sent as
+``Authorization: Bearer``.
 
 Both clients return the admin API's wire shapes (:mod:`router.flags.views`), so the CLI
 renders one thing. Over HTTP, the gateway's error codes come back as the same
@@ -28,6 +29,7 @@ import redis.asyncio as aredis
 from registry.errors import ConfigError, InvalidId, LoraRouterError, RouteNotFound
 from registry.home import Home
 from registry.ids import check_name
+from router.drift.policy import GuardPolicy
 from router.flags.factory import home_known_adapters, open_route_store, seed_routes_file
 from router.flags.replicas import ReplicaRegistry
 from router.flags.runtime import registry_hooks
@@ -44,6 +46,8 @@ class FlagsClient(Protocol):
     async def show(self, route: str) -> RouteState: ...
     async def audit(self, route: str, limit: int) -> AuditOut: ...
     async def change(self, route: str, action: str, **fields: Any) -> ChangeOut: ...
+    async def set_guard(self, route: str, guard: GuardPolicy | None, *, reason: str,
+                        expected_version: int | None = None) -> ChangeOut: ...
 
 
 class ServiceClient:
@@ -74,6 +78,12 @@ class ServiceClient:
         op = getattr(self.service, action.replace("-", "_"))
         return ChangeOut.of(await op(route, actor=self.actor, **fields))
 
+    async def set_guard(self, route: str, guard: GuardPolicy | None, *, reason: str,
+                        expected_version: int | None = None) -> ChangeOut:
+        """The route's drift guard policy (None removes it): ``RouteService.set_guard``."""
+        return await self.change(route, "set-guard", guard=guard, reason=reason,
+                                 expected_version=expected_version)
+
 
 class HttpClient:
     """The admin API of a running gateway."""
@@ -95,6 +105,14 @@ class HttpClient:
     async def change(self, route: str, action: str, **fields: Any) -> ChangeOut:
         body = {"actor": self.actor, **fields}
         data = await self._call("POST", _route_path(route, action), json=body)
+        return ChangeOut.model_validate(data)
+
+    async def set_guard(self, route: str, guard: GuardPolicy | None, *, reason: str,
+                        expected_version: int | None = None) -> ChangeOut:
+        """``POST /admin/routes/{route}/guard``."""
+        body = {"actor": self.actor, "reason": reason, "expected_version": expected_version,
+                "guard": None if guard is None else guard.model_dump(mode="json")}
+        data = await self._call("POST", _route_path(route, "guard"), json=body)
         return ChangeOut.model_validate(data)
 
     async def _call(self, method: str, path: str, **kw: Any) -> Any:
@@ -148,8 +166,9 @@ async def open_client(
     docstring for when routes are created from the routes file."""
     if url:
         headers = {}
-        if settings.admin_token is not None:  # LORA_ROUTER_ADMIN_TOKEN, as the gateway's
-            headers["Authorization"] = f"Bearer {settings.admin_token.get_secret_value()}"
+        secret = settings.api_key or settings.admin_token  # LORA_ROUTER_API_KEY, else the
+        if secret is not None:  # gateway's LORA_ROUTER_ADMIN_TOKEN
+            headers["Authorization"] = f"Bearer {secret.get_secret_value()}"
         async with httpx.AsyncClient(base_url=url, timeout=timeout_s, headers=headers) as http:
             yield HttpClient(http, actor)
         return
@@ -164,7 +183,7 @@ async def open_client(
             socket_connect_timeout=2.0,
         )
         try:
-            registry = ReplicaRegistry(redis)
+            registry = ReplicaRegistry(redis, settle_s=settings.replica_ttl_s)
             home = Home.at(settings.home)
             on_commit, default_rollback = registry_hooks(home, store)
             service = RouteService(
@@ -177,5 +196,6 @@ async def open_client(
                 default_rollback=default_rollback,
             )
             yield ServiceClient(service, actor, settings.routes_path)
+            await service.settle()  # the cards' record of the change, before the CLI exits
         finally:
             await redis.aclose()
