@@ -26,6 +26,24 @@ REDIS_URL = os.environ.get("LORA_ROUTER_TEST_REDIS_URL", "redis://127.0.0.1:6379
 PG_URL = os.environ.get("LORA_ROUTER_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say which Redis database the run flushes and which PostgreSQL it writes to."""
+    return [
+        f"redis: tests that use Redis FLUSH database {REDIS_URL} (before and after each); "
+        "set LORA_ROUTER_TEST_REDIS_URL to use another",
+        f"postgresql: a schema per test, dropped afterwards, in {PG_URL}; "
+        "set LORA_ROUTER_TEST_DATABASE_URL to use another",
+    ]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``pytest -q`` (``make test``) prints no header: say it there all the same."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and session.config.get_verbosity() < 0:
+        for line in pytest_report_header(session.config):
+            reporter.write_line(line)
+
+
 def require(reason: str) -> None:
     """Skip for a missing service, or fail when CI demands every service."""
     if os.environ.get("LORA_ROUTER_REQUIRE_SERVICES") == "1":
@@ -72,11 +90,16 @@ def pg_url() -> Iterator[str]:
     conn.close()
 
 
-@pytest.fixture(scope="session")
-def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Home:
-    """The demo home (tiny base, tokenizer, two adapters, cards, routes), built once per run.
+# What serving a home writes into it: never carried from one test module to another.
+_SERVED_STATE = ("log", "flags", "demo-runs", "incidents", "flywheel")
 
-    Read-only for tests: a test that changes files copies it first (``copy_home``).
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory: pytest.TempPathFactory) -> Home:
+    """The demo build (tiny base, tokenizer, two adapters, cards, routes), once per run.
+
+    Never handed to a test directly: ``demo_home`` and ``copy_home`` are copies of it, so
+    no test can leave route state, log rows or card changes behind for another.
     ``LORA_ROUTER_TEST_DEMO_HOME`` reuses an existing build (local iteration only).
     """
     from router.demo.build import build_demo
@@ -87,16 +110,25 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Home:
         if not home.base_lock.is_file():
             build_demo(home)
         return home
-    home = Home.at(tmp_path_factory.mktemp("demo-home"))
+    home = Home.at(tmp_path_factory.mktemp("demo-build"))
     build_demo(home)
     return home
 
 
-@pytest.fixture
-def copy_home(demo_home: Home, tmp_path: Path) -> Home:
-    """A private, writable copy of the demo home."""
+def _copy(src: Home, dst: Path) -> Home:
     import shutil
 
-    dst = tmp_path / "home"
-    shutil.copytree(demo_home.root, dst, ignore=shutil.ignore_patterns("log"))
+    shutil.copytree(src.root, dst, ignore=shutil.ignore_patterns(*_SERVED_STATE))
     return Home.at(dst)
+
+
+@pytest.fixture(scope="module")
+def demo_home(demo_build: Home, tmp_path_factory: pytest.TempPathFactory) -> Home:
+    """The demo home for one test module: a fresh copy of the build (6 MB)."""
+    return _copy(demo_build, tmp_path_factory.mktemp("demo-home") / "home")
+
+
+@pytest.fixture
+def copy_home(demo_build: Home, tmp_path: Path) -> Home:
+    """A private, writable copy of the demo home for one test."""
+    return _copy(demo_build, tmp_path / "home")

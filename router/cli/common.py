@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
-from collections.abc import Callable
+import signal
+import socket
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +23,34 @@ from router.settings import Settings
 P = ParamSpec("P")
 R = TypeVar("R")
 
-console = Console()
-err_console = Console(stderr=True)
+class _CliConsole(Console):
+    """A console that wraps long lines only on a terminal: piped or logged output keeps
+    each printed line whole (rich would otherwise wrap it at 80 columns)."""
+
+    @property
+    def soft_wrap(self) -> bool:
+        return not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, _value: bool) -> None:
+        pass
+
+
+console: Console = _CliConsole()
+err_console: Console = _CliConsole(stderr=True)
+
+# The home when neither --home nor $LORA_ROUTER_HOME names one: ./.home where that exists
+# in the current directory (what `make run` builds and serves), else Settings' default,
+# ~/.lora-router. One rule for the Makefile, the CLI and the README.
+LOCAL_HOME = Path(".home")
+HOME_RULE = "--home, else $LORA_ROUTER_HOME, else ./.home if it exists, else ~/.lora-router"
 
 HomeOpt = Annotated[
     Path | None,
     typer.Option(
         "--home",
-        help="Home directory (base, adapters, cards, routes). Default: $LORA_ROUTER_HOME.",
+        help="Home directory (base, adapters, cards, routes). Default: $LORA_ROUTER_HOME, "
+        "else ./.home if it exists, else ~/.lora-router.",
         show_default=False,
     ),
 ]
@@ -40,6 +64,8 @@ ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded in the a
 # commands that make a home where there is none; every other command run from the CLI
 # reads one, and a mistyped --home must not quietly become a new, empty home
 _CREATES_HOME = frozenset({("router.cli.demo", "build"), ("router.cli.base_cmd", "pin")})
+# commands that read only the inference log: no home needed on DATABASE_URL
+_LOG_COMMANDS = frozenset({"router.cli.log", "router.cli.cost"})
 
 
 @dataclass(frozen=True)
@@ -70,14 +96,16 @@ def load_settings(home: Path | None = None, **overrides: Any) -> Settings:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise CliError(f"invalid settings: {msgs}") from exc
+    if "home" not in settings.model_fields_set and LOCAL_HOME.is_dir():
+        settings = settings.model_copy(update={"home": LOCAL_HOME.resolve()})
     if _reads_home(settings) and not settings.home.is_dir():
         raise CliError(no_home_message(settings.home, "not a directory"))
     return settings
 
 
 def no_home_message(path: Path, why: str) -> str:
-    return (f"no lora-router home at {path} ({why}); check --home / $LORA_ROUTER_HOME, "
-            "or make one with `lora-router demo build` or `lora-router base pin`")
+    return (f"no lora-router home at {path} ({why}); the home is {HOME_RULE}; "
+            "make one with `make run`, `lora-router demo build` or `lora-router base pin`")
 
 
 def require_pinned_home(settings: Settings) -> Path:
@@ -90,11 +118,11 @@ def require_pinned_home(settings: Settings) -> Path:
 def _reads_home(settings: Settings) -> bool:
     """Whether the running CLI command reads the home: not outside a command (library
     use), not ``demo build`` / ``base pin`` (they create one), not a command given
-    ``--url`` (it talks to a gateway), not a log command on ``DATABASE_URL``."""
+    ``--url`` (it talks to a gateway), not a log or cost command on ``DATABASE_URL``."""
     cmd = _running.get()
     if cmd is None or cmd.remote or (cmd.module, cmd.name) in _CREATES_HOME:
         return False
-    return not (cmd.module == "router.cli.log" and settings.database_url)
+    return not (cmd.module in _LOG_COMMANDS and settings.database_url)
 
 
 def validation_line(exc: ValidationError) -> str:
@@ -135,3 +163,46 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
             _running.reset(token)
 
     return wrapper
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail fast (``CliError``) when ``host:port`` cannot be bound, before anything slow
+    (hashing the base, loading the model) starts. Binds the way uvicorn will
+    (``SO_REUSEADDR``), so a port in TIME_WAIT is not reported as busy."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CliError(f"cannot bind {host}:{port}: {exc.strerror}; check --host") from None
+    family, kind, proto, _name, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CliError(f"port {port} is in use on {host}: set PORT=... (make run) or "
+                               "--port (lora-router serve)") from None
+            raise CliError(f"cannot bind {host}:{port}: {exc.strerror}; check --host and "
+                           "--port") from None
+
+
+@contextlib.contextmanager
+def stop_signals_exit_cleanly() -> Iterator[None]:
+    """Within this block SIGINT and SIGTERM end the process with status 0.
+
+    For a server: uvicorn catches both, shuts down gracefully, restores the handlers it
+    found and re-raises the signal; with the default handlers that re-raise kills the
+    process (status 130/143, which ``make run`` reports as an error). The handler installed
+    here turns it (or a signal that arrives before uvicorn took over) into ``exit 0``.
+    """
+    def stop(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.table import Table
 
 from router.cli.common import HomeOpt, ReasonOpt, UrlOpt, console, friendly_errors, load_settings
+from router.cli.output import Col, Listing, echo_json, print_listing
 from router.flags.client import FlagsClient, open_client
 from router.flags.state import RouteState
 from router.flags.views import AuditOut, ChangeOut, RoutesOut
@@ -29,6 +29,7 @@ PercentOpt = Annotated[
     float, typer.Option("--percent", min=0, max=100, help="Share of traffic, 0 to 100.")
 ]
 LimitOpt = Annotated[int, typer.Option("--limit", min=1, help="Show at most this many changes.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 route_app = typer.Typer(help="Inspect one route.", no_args_is_help=True)
 
@@ -64,12 +65,11 @@ def _summary(s: RouteState, sep: str = "  ") -> str:
     return sep.join(parts)
 
 
-def _routes_table(out: RoutesOut) -> Table:
-    table = Table(title="routes")
-    for col in ("route", "version", "live", "canary", "shadow", "rollback target", "updated"):
-        table.add_column(col)
-    for s in out.routes:
-        table.add_row(
+def _routes_listing(out: RoutesOut) -> Listing:
+    cols = [Col("route"), Col("version"), Col("live"), Col("canary"), Col("shadow"),
+            Col("rollback target"), Col("updated", wrap=True)]
+    rows = [
+        [
             s.route,
             str(s.version),
             s.live,
@@ -77,17 +77,16 @@ def _routes_table(out: RoutesOut) -> Table:
             f"{s.shadow.adapter} {s.shadow.percent:g}%" if s.shadow else "-",
             s.rollback_target or "-",
             f"{s.updated_at:%Y-%m-%d %H:%M:%S} by {s.updated_by}: {s.reason}",
-        )
+        ]
+        for s in out.routes
+    ]
     st = out.store
     age = f", snapshot age {st.age_s:.1f}s" if st.age_s is not None else ""
-    table.caption = f"store: {st.backend} ({'connected' if st.connected else 'DISCONNECTED'}{age})"
-    return table
+    caption = f"store: {st.backend} ({'connected' if st.connected else 'DISCONNECTED'}{age})"
+    return Listing(cols, rows, title="routes", caption=caption)
 
 
-def _show_table(s: RouteState) -> Table:
-    table = Table(title=f"route {s.route}", show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value")
+def _show_listing(s: RouteState) -> Listing:
     rows = {
         "version": str(s.version),
         "live": s.live,
@@ -98,23 +97,39 @@ def _show_table(s: RouteState) -> Table:
         "updated": f"{s.updated_at.isoformat()} by {s.updated_by}",
         "reason": s.reason,
     }
-    for k, v in rows.items():
-        table.add_row(k, v)
-    return table
+    return Listing([Col("field"), Col("value", wrap=True)], [[k, v] for k, v in rows.items()],
+                   title=f"route {s.route}")
 
 
-def _audit_table(out: AuditOut) -> Table:
-    table = Table(title=f"audit of {out.route}")
-    for col in ("version", "at (UTC)", "by", "action"):
-        table.add_column(col, no_wrap=True)
-    for col in ("reason", "from", "to"):
-        table.add_column(col, overflow="fold")
-    for e in out.entries:
-        table.add_row(
-            str(e.version), f"{e.at:%m-%d %H:%M:%S}", e.by, e.action, e.reason,
-            _summary(e.before, "\n") if e.before else "-", _summary(e.after, "\n"),
-        )
-    return table
+def _arms(s: RouteState) -> dict[str, str]:
+    return {
+        "live": s.live,
+        "canary": f"{s.canary.adapter} {s.canary.percent:g}%" if s.canary else "-",
+        "shadow": f"{s.shadow.adapter} {s.shadow.percent:g}%" if s.shadow else "-",
+        "rollback": s.rollback_target or "-",
+    }
+
+
+def _change_lines(before: RouteState | None, after: RouteState) -> str:
+    """What a change did, one ``field old -> new`` per line (the route as created, for
+    the first entry): a narrow column wraps between words, never inside an id."""
+    new = _arms(after)
+    if before is None:
+        return "\n".join(f"{k} {v}" for k, v in new.items() if v != "-")
+    old = _arms(before)
+    lines = [f"{k} {old[k]} -> {new[k]}" for k in new if old[k] != new[k]]
+    return "\n".join(lines) or "-"
+
+
+def _audit_listing(out: AuditOut) -> Listing:
+    cols = [Col("version"), Col("at (UTC)"), Col("by", wrap=True), Col("action"),
+            Col("reason", wrap=True), Col("change", wrap=True)]
+    rows = [
+        [str(e.version), f"{e.at:%Y-%m-%d %H:%M:%S}", e.by, e.action, e.reason,
+         _change_lines(e.before, e.after)]
+        for e in out.entries
+    ]
+    return Listing(cols, rows, title=f"audit of {out.route}")
 
 
 def _print_change(out: ChangeOut) -> None:
@@ -154,17 +169,25 @@ def _change(home: Any, url: str | None, actor: str | None, route: str, action: s
 
 
 @friendly_errors
-def routes_cmd(home: HomeOpt = None, url: UrlOpt = None) -> None:
+def routes_cmd(home: HomeOpt = None, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """List every route with its live, canary, shadow and rollback target."""
     out = _run(home, url, None, lambda c: c.routes())
-    console.print(_routes_table(out))
+    if as_json:
+        echo_json(out)
+    else:
+        print_listing(_routes_listing(out))
 
 
 @route_app.command("show")
 @friendly_errors
-def show_cmd(route: str, home: HomeOpt = None, url: UrlOpt = None) -> None:
+def show_cmd(route: str, home: HomeOpt = None, url: UrlOpt = None,
+             as_json: JsonOpt = False) -> None:
     """Show one route's state."""
-    console.print(_show_table(_run(home, url, None, lambda c: c.show(route))))
+    state = _run(home, url, None, lambda c: c.show(route))
+    if as_json:
+        echo_json(state)
+    else:
+        print_listing(_show_listing(state))
 
 
 @friendly_errors
@@ -213,9 +236,14 @@ def set_live_cmd(
 
 
 @friendly_errors
-def audit_cmd(route: str, home: HomeOpt = None, url: UrlOpt = None, limit: LimitOpt = 50) -> None:
-    """Every change of ROUTE: who, when, why, from-state, to-state, version."""
-    console.print(_audit_table(_run(home, url, None, lambda c: c.audit(route, limit))))
+def audit_cmd(route: str, home: HomeOpt = None, url: UrlOpt = None, limit: LimitOpt = 50,
+              as_json: JsonOpt = False) -> None:
+    """The last changes of ROUTE (oldest first): version, when, who, why, what changed."""
+    out = _run(home, url, None, lambda c: c.audit(route, limit))
+    if as_json:
+        echo_json(out)
+    else:
+        print_listing(_audit_listing(out))
 
 
 def register(app: typer.Typer) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
 from rich.tree import Tree
 
 from router.cli.common import console
+from router.cli.output import Col, Listing, print_listing
 
 if TYPE_CHECKING:
     from registry.integrity import Problem
     from registry.reproduce import ReproduceResult
-    from registry.service import TrainedOnAnswer
+    from registry.trained_on import TrainedOnAnswer
 
 
 def print_problems(problems: list[Problem]) -> None:
@@ -56,36 +56,73 @@ def print_lineage(tree_data: dict[str, Any]) -> None:
     console.print(root)
 
 
+_USE_WORDS = {
+    "weights": "in the weights (training data)",
+    "selection": "validation used for early stopping / checkpoint selection only: it chose "
+                 "the weights kept (counted as in them)",
+    "unused": "not in the weights (its training never read this split)",
+    "unknown": "counted as in the weights (split membership or the run's use not recorded)",
+}
+
+
 def print_trained_on(answer: TrainedOnAnswer) -> None:
     (what, _value), = answer.query.items()
     for ds_id, why in sorted(answer.unknown.items()):
         console.print(f"[yellow]UNKNOWN for {ds_id}[/yellow]: {why}, so this dataset cannot "
-                      "answer", highlight=False)
+                      "answer", highlight=False, soft_wrap=True)
+    for note in answer.notes:
+        console.print(f"[yellow]note[/yellow]: {note}", highlight=False, soft_wrap=True)
+    verdict = {"yes": "[red]YES[/red]", "no": "[green]NO[/green]",
+               "unknown": "[yellow]UNKNOWN[/yellow]"}[answer.answer]
     if not answer.found:
-        if not answer.unknown:
-            console.print(f"[green]NO[/green]: no dataset card includes this {what}; "
+        if answer.answer == "no":
+            console.print(f"{verdict}: no dataset card includes this {what}; "
                           "no adapter was trained on it")
         return
-    console.print(f"[red]YES[/red]: this {what} is in dataset(s) {', '.join(answer.datasets)}")
-    table = Table("adapter", "status", "dataset", "serving now (route:arm)")
+    where = "; ".join(f"{h.dataset_id}" + (f" (split {', '.join(h.splits)})" if h.splits else "")
+                      for h in answer.hits)
+    console.print(f"{verdict}: {answer.summary}: this {what} is in dataset(s) {where}",
+                  highlight=False, soft_wrap=True)
+    _print_adapters(answer)
+    if answer.retrain_exclude:
+        console.print("a retrain must exclude:")
+        for item in answer.retrain_exclude:
+            console.print(f"  - {item}", highlight=False, soft_wrap=True)
+    if answer.data_only:
+        console.print("in the data but in no adapter's weights (delete them from the dataset, "
+                      "registered as a new id; no retrain needed for these):")
+        for item in answer.data_only:
+            console.print(f"  - {item}", highlight=False, soft_wrap=True)
+
+
+def _print_adapters(answer: TrainedOnAnswer) -> None:
+    if not answer.adapters:
+        console.print("no adapter was trained on these datasets")
+        return
+    print_listing(Listing(
+        [Col("adapter"), Col("status"), Col("dataset"), Col("serving now (route:arm)", wrap=True)],
+        [[hit.adapter_id, hit.status, hit.dataset_id,
+          ", ".join(str(r) for r in hit.serving) or "not routed"] for hit in answer.adapters],
+    ))
     for hit in answer.adapters:
-        table.add_row(hit.adapter_id, hit.status, hit.dataset_id,
-                      ", ".join(str(r) for r in hit.serving) or "not routed")
-    console.print(table)
-    console.print("a retrain must exclude:")
-    for item in answer.retrain_exclude:
-        console.print(f"  - {item}", highlight=False)
+        for split, use in hit.splits:
+            name = f"split {split}" if split is not None else "split not recorded"
+            console.print(f"  {hit.adapter_id}: {name}: {_USE_WORDS[use]}", highlight=False,
+                          soft_wrap=True)
+        console.print(f"  {hit.adapter_id}: validation: {hit.validation}", highlight=False,
+                      soft_wrap=True)
 
 
 def print_base_impact(impact: dict[str, Any]) -> None:
     adapters = impact["adapters"]
     console.print(f"{len(adapters)} adapter(s) tied to base {impact['base']} "
                   f"(pinned base: {impact['pinned_base']})")
-    table = Table("adapter", "status", "dataset", "serving now", "action")
-    for a in adapters:
-        table.add_row(a["adapter"], a["status"], a["dataset"],
-                      ", ".join(a["serving"]) or "-", a["action"])
-    console.print(table)
+    print_listing(Listing(
+        [Col("adapter"), Col("status"), Col("dataset"), Col("serving now", wrap=True),
+         Col("action", wrap=True)],
+        [[a["adapter"], a["status"], a["dataset"], ", ".join(a["serving"]) or "-", a["action"]]
+         for a in adapters],
+    ))
     for a in adapters:
         console.print(f"  {a['dataset']}: {a.get('dataset_hash')}", highlight=False)
     if adapters:

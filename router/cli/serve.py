@@ -1,8 +1,10 @@
 """CLI: ``lora-router serve``: run the gateway with uvicorn.
 
-Without ``LORA_ROUTER_ADMIN_TOKEN`` the admin API answers loopback clients only (said at
-start), and a non-loopback ``--host`` is refused (exit 2) unless ``--insecure-open-admin``
-is given, which opens the admin API to every client that reaches the port (loud warning).
+With API keys (``lora-router keys create``) the admin API needs an oncall or admin key
+from any address (said at start). With no key and no ``LORA_ROUTER_ADMIN_TOKEN`` the admin
+API answers loopback clients only (said at start), and a non-loopback ``--host`` is refused
+(exit 2) unless ``--insecure-open-admin`` is given, which opens the admin API to every
+client that reaches the port (loud warning).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from router.cli.common import (
     load_settings,
     stop_signals_exit_cleanly,
 )
+from router.cli.keys import keys_guard
 from router.flags.factory import check_routes_file
 from router.flags.state import load_routes_file
 from router.settings import Settings
@@ -55,16 +58,16 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the OpenAI-compatible gateway for a home (base, adapters, routes)."""
-    import uvicorn
-
-    from router.app import create_app
-
     settings = load_settings(
         home, host=host, port=port, routes_file=routes, replica_id=replica_id,
         insecure_open_admin=True if insecure_open_admin else None,
     )
     check_port_free(settings.host, settings.port)  # a busy port: one line, before any loading
     _admin_exposure(settings)
+    import uvicorn  # slow imports (torch) after the checks that fail fast
+
+    from router.app import create_app
+
     # Checked here so that a missing/changed base, a bad routes file or a tampered adapter
     # is one clean line, not a lifespan traceback from uvicorn (the lifespan checks again).
     # The routes the file would create must name known adapters, in Redis mode too: there
@@ -98,23 +101,28 @@ def serve(
 
 def _admin_exposure(settings: Settings) -> None:
     """Refuse an open admin API on a network interface; say how the admin API is guarded."""
+    if keys_guard(settings):  # API keys exist: they guard it, from any address
+        return
     if settings.admin_token is not None:
         return
     if settings.insecure_open_admin:
         err_console.print(
             "[bold red]WARNING: --insecure-open-admin: the admin API (/admin/*) has no token "
             f"and answers every client that reaches {settings.host}:{settings.port}; anyone "
-            "there can change or roll back routes. Set LORA_ROUTER_ADMIN_TOKEN instead.[/]",
+            "there can change or roll back routes. Create API keys (lora-router keys create) "
+            "or set LORA_ROUTER_ADMIN_TOKEN instead.[/]",
             highlight=False, soft_wrap=True,
         )
         return
     if not settings.loopback_host:
         raise CliError(
-            f"refusing to serve on {settings.host} with no admin token: set "
+            f"refusing to serve on {settings.host} with no API key and no admin token: "
+            "create a key (lora-router keys create --role admin --name NAME), set "
             "LORA_ROUTER_ADMIN_TOKEN, bind a loopback --host, or pass --insecure-open-admin"
         )
     console.print(
-        "admin API: no LORA_ROUTER_ADMIN_TOKEN set, so /admin/* answers loopback clients only",
+        "admin API: no API key and no LORA_ROUTER_ADMIN_TOKEN, so /admin/* answers loopback "
+        "clients only",
         highlight=False, soft_wrap=True,
     )
 

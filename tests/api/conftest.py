@@ -112,9 +112,15 @@ def adapter_ids(home: Home) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def gateway(demo_home: Home, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """One shared gateway (tests must not change its state): route ``support-triage``
-    (live v1, standby v2) and ``triage-canary`` (live v1, canary v2 at 50 %)."""
+def gateway(demo_build: Home, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One shared gateway (tests must not change its state) on its own copy of the demo
+    build: route ``support-triage`` (live v1, standby v2) and ``triage-canary`` (live v1,
+    canary v2 at 50 %)."""
+    import shutil
+
+    demo_home = Home.at(tmp_path_factory.mktemp("gateway-home") / "home")
+    shutil.copytree(demo_build.root, demo_home.root,
+                    ignore=shutil.ignore_patterns("log", "flags", "demo-runs"))
     v1, v2 = adapter_ids(demo_home)
     routes = write_routes(
         tmp_path_factory.mktemp("routes") / "routes.yaml",
