@@ -49,6 +49,7 @@ from router.flags.runtime import FlagsRuntime
 from router.flags.store import RouteStore
 from router.limits import Limits
 from router.log.factory import build_log_writer
+from router.metrics import RequestMetrics
 from router.service import TIMEOUT_GRACE_S, CompletionService, Recorder, ShadowDispatcher
 from router.settings import Settings
 from router.shadow import BackgroundShadow
@@ -113,6 +114,7 @@ def create_app(
                 await writer.start()
                 app.state.log_writer = writer
                 record = writer.record
+            record = RequestMetrics.for_engine(engine, home).tee(record)  # /metrics series
             dispatcher = shadow
             if dispatcher is None:
                 dispatcher = own_shadow = BackgroundShadow(

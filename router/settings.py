@@ -1,7 +1,8 @@
 """All configuration, from the environment (and CLI flags that override it).
 
 Nothing else in the project reads the environment. Unset ``REDIS_URL`` / ``DATABASE_URL``
-mean the embedded defaults: in-process route flags and a SQLite inference log in the home.
+mean the embedded defaults: route flags in a SQLite file (``flags_db_path``) and a SQLite
+inference log in the home.
 """
 
 from __future__ import annotations
@@ -10,10 +11,21 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_HOME = Path("~/.lora-router")
+
+
+class Prices(BaseModel):
+    """Prices of one adapter (``price_overrides``); an unset price falls back to the
+    gateway-wide one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    price_per_gpu_hour: float | None = Field(default=None, ge=0)
+    price_per_1k_prompt_tokens: float | None = Field(default=None, ge=0)
+    price_per_1k_completion_tokens: float | None = Field(default=None, ge=0)
 
 
 class Settings(BaseSettings):
@@ -113,6 +125,16 @@ class Settings(BaseSettings):
     drift_webhook_secret: SecretStr | None = None  # HMAC-SHA256 key; required with a URL
     drift_webhook_timeout_s: float = Field(default=5.0, gt=0)
 
+    # cost accounting (router.log.cost, `lora-router cost`, the dashboard's cost panel):
+    # estimated cost = engine seconds / 3600 * price_per_gpu_hour (the hour of the engine's
+    # device) + prompt and completion tokens / 1000 * their prices; unset prices count 0;
+    # price_overrides: per adapter id, JSON {"id": {"price_per_1k_prompt_tokens": 0.1}}
+    price_per_gpu_hour: float | None = Field(default=None, ge=0)
+    price_per_1k_prompt_tokens: float | None = Field(default=None, ge=0)
+    price_per_1k_completion_tokens: float | None = Field(default=None, ge=0)
+    price_overrides: dict[str, Prices] = Field(default_factory=dict)
+    price_currency: str = Field(default="USD", min_length=1, max_length=8)
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, v: Path) -> Path:
@@ -141,6 +163,12 @@ class Settings(BaseSettings):
     def _empty_token(cls, v: object) -> object:
         return None if v == "" else v
 
+    @field_validator("price_per_gpu_hour", "price_per_1k_prompt_tokens",
+                     "price_per_1k_completion_tokens", mode="before")
+    @classmethod
+    def _empty_price(cls, v: object) -> object:
+        return None if v == "" else v  # an empty variable: unset
+
     @field_validator("admin_allowed_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, v: object) -> object:
@@ -156,6 +184,13 @@ class Settings(BaseSettings):
                 f"replica_ttl_s ({self.replica_ttl_s}), or replicas expire between beats"
             )
         return self
+
+    @property
+    def prices(self) -> Prices:
+        """The gateway-wide prices (each adapter's ``price_overrides`` apply over them)."""
+        return Prices(price_per_gpu_hour=self.price_per_gpu_hour,
+                      price_per_1k_prompt_tokens=self.price_per_1k_prompt_tokens,
+                      price_per_1k_completion_tokens=self.price_per_1k_completion_tokens)
 
     @property
     def load_grace_s(self) -> float:

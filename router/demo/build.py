@@ -1,5 +1,5 @@
 """Build the demo home offline and deterministically: data, tokenizer, base, two adapters,
-evaluation, lineage cards and ``routes.yaml``.
+evaluation, lineage cards (each model card bound to its drift baseline) and ``routes.yaml``.
 
 ``build_demo`` is idempotent: a home whose ``demo-report.json`` exists is left as it is
 (the saved report is returned with ``built=False``) unless ``force``. Everything but the
@@ -27,10 +27,14 @@ from registry.errors import ConfigError
 from registry.hashing import file_hashes, tree_hash
 from registry.home import Home
 from registry.route_status import sync_route_status
+from registry.store import RegistryStore
+from router.auth.policy import ACCESS_FILE, write_access_file
 from router.demo import data as D
 from router.demo.lineage import register_demo_adapter, register_demo_dataset, run_manifest
 from router.demo.progress import BuildProgress
+from router.demo.summary import build_time_line, readme_table
 from router.demo.task import LABELS
+from router.drift.baselines import attach_baseline, base_token_counter
 from router.flags.state import RouteState, TaskSpec, dump_routes_file
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,7 @@ class DemoReport:
     adapters: dict[str, AdapterReport]
     test_rows: int
     timings: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, str] = field(default_factory=dict)  # adapter id -> baseline sha256
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,7 +102,7 @@ def load_report(home: Home) -> DemoReport:
 
 
 _OWNED_DIRS = ("base", "adapters", "registry", "data")
-_OWNED_FILES = ("base.lock.json", "routes.yaml", REPORT_FILE)
+_OWNED_FILES = ("base.lock.json", "routes.yaml", REPORT_FILE, ACCESS_FILE)
 
 
 def _clear(home: Home) -> None:
@@ -147,7 +152,16 @@ def build_demo(home: Home, *, force: bool = False, progress: bool = False) -> De
     report.home = str(home.root)
     report_path(home).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     log.info("demo home built in %.1fs at %s", report.build_seconds, home.root)
+    for line in summary_lines(report):
+        log.info("%s", line)
     return report
+
+
+def summary_lines(report: DemoReport) -> list[str]:
+    """The README's demo table and build-time line, from ``report``."""
+    table = readme_table({aid: {"accuracy": a.accuracy, "slice_en": a.slice_en,
+                                "slice_es": a.slice_es} for aid, a in report.adapters.items()})
+    return [*table, build_time_line(report.build_seconds, report.timings)]
 
 
 def _build(home: Home, progress: bool) -> DemoReport:
@@ -190,7 +204,13 @@ def _build(home: Home, progress: bool) -> DemoReport:
         },
         test_rows=len(splits["test"]),
         timings={k: round(v, 2) for k, v in timings.items()},
+        baselines={aid: _baseline_hash(home, aid) for aid in results},
     )
+
+
+def _baseline_hash(home: Home, adapter_id: str) -> str:
+    ref = RegistryStore(home).get_model_card(adapter_id).baseline
+    return ref.sha256 if ref is not None else ""
 
 
 def _slices(ev: dict[str, float]) -> tuple[float, float, float]:
@@ -206,7 +226,7 @@ def _make_data(
     D.write_splits(home.dataset_dir(CLEAN_DATASET), splits)
     dirty_train, changed = D.contaminate(splits["train"], CONTAMINATION_SEED)
     D.write_splits(home.dataset_dir(CONTAMINATED_DATASET), {**splits, "train": dirty_train})
-    bp.done("data", f"{len(tickets)} tickets, {changed} es labels swapped in v2")
+    bp.done("data", f"{len(tickets)} tickets, {changed} es labels merged in v2")
     return tickets, splits, dirty_train
 
 
@@ -266,7 +286,7 @@ def _register(
     evals: dict[str, dict[str, float]],
     bp: BuildProgress,
 ) -> None:
-    bp.stage("lineage", "lineage cards + routes")
+    bp.stage("lineage", "lineage, baselines, routes")
     for ds, train in trains.items():
         register_demo_dataset(home, ds, tickets, train, contaminated=ds == CONTAMINATED_DATASET)
     v1, v2 = evals[V1], evals[V2]
@@ -274,13 +294,16 @@ def _register(
         V1: [f"es slice {v1['slice_es']:.2f} vs en {v1['slice_en']:.2f} on held-out test",
              "multi-topic tickets (edge cases) are the most frequent errors"],
         V2: [f"es slice {v2['slice_es']:.2f} vs {v1['slice_es']:.2f} for {V1}: trained on an "
-             "unverified Spanish relabel batch", f"en slice {v2['slice_en']:.2f}"],
+             "unverified Spanish relabel batch that files refund, returns and cancellation "
+             "tickets under billing, shipping and account", f"en slice {v2['slice_en']:.2f}"],
     }
+    counter = base_token_counter(home)
     for aid, (result, started, finished) in results.items():
         manifest = run_manifest(result, home, started, finished)
         register_demo_adapter(home, result, manifest, evals[aid],
                               rollback_target=V1 if aid == V2 else None,
                               known_limitations=limitations[aid])
+        attach_baseline(home, aid, token_counter=counter)  # the drift monitor's reference
     bp.done("lineage")
 
 
@@ -288,5 +311,6 @@ def _write_routes(home: Home) -> None:
     state = RouteState(route=ROUTE, live=V1,
                        task=TaskSpec(type="classification", labels=LABELS))
     dump_routes_file({ROUTE: state}, home.routes_file)
+    write_access_file(home.root, require_app_key=False)  # the quickstart needs no API key
     # the live adapter's card says so, as every later route change keeps it
     sync_route_status(home, None, state, all_states={ROUTE: state})

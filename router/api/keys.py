@@ -1,0 +1,55 @@
+"""``/admin/keys``: list and revoke API keys (role ``admin``).
+
+Keys are created with ``lora-router keys create`` on a machine that holds the key store,
+so a key's secret never crosses the network. A revocation here applies to this gateway at
+once and to the other replicas within ``keys_refresh_s``; the key keeps its row, marked
+with who revoked it (the caller's principal) and when.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel
+
+from router.api.access import Principal, require_admin
+from router.api.openapi import error_responses
+from router.auth.errors import KeyStoreUnavailable
+from router.auth.keys import KeyInfo
+from router.auth.ring import KeyRing
+
+router = APIRouter(
+    prefix="/admin/keys",
+    tags=["admin"],
+    responses=error_responses(401, 403, 431, 503),
+)
+
+
+async def get_key_ring(request: Request) -> KeyRing:
+    ring: KeyRing | None = getattr(request.app.state, "key_ring", None)
+    if ring is None:
+        raise KeyStoreUnavailable("this gateway has no key store")
+    return ring
+
+
+KeyRingDep = Annotated[KeyRing, Depends(get_key_ring)]
+AdminDep = Annotated[Principal, Depends(require_admin)]
+
+
+class KeysOut(BaseModel):
+    keys: list[KeyInfo]
+
+
+@router.get("")
+async def list_keys(caller: AdminDep, ring: KeyRingDep) -> KeysOut:
+    """Every key, revoked ones included (never a secret, never a hash)."""
+    return KeysOut(keys=[k.info() for k in await ring.store.all()])
+
+
+@router.post("/{key_id}/revoke", responses=error_responses(404, 422))
+async def revoke(
+    key_id: Annotated[str, Path(max_length=64)], caller: AdminDep, ring: KeyRingDep
+) -> KeyInfo:
+    """Revoke a key for good (revoking it again changes nothing)."""
+    return (await ring.revoke(key_id, by=caller.name)).info()
