@@ -8,6 +8,13 @@ two batches) and :meth:`Decoder.prune` (drop finished rows, trim all-padding col
 (or until ``max_batch_size``) when idle, and join the running batch between decode steps
 otherwise. Adapter mutations (callables sent with :meth:`MicroBatcher.call`) run on the
 same thread between steps, so they never race a forward pass.
+
+Engine seconds (cost accounting): the wall time of each forward pass (a prefill or a decode
+step, sampling and token bookkeeping included) is split equally among the rows it computed
+(every row of a padded batch costs the same tensor work), and added to each row's
+``engine_s``. So a request's engine seconds sum its shares of the passes it was in, and
+the engine seconds of all requests add up to :attr:`Decoder.busy_s`, the time the worker
+spent in passes: queueing, batch joins/prunes, adapter loads and idle time are not charged.
 """
 
 from __future__ import annotations
@@ -137,6 +144,15 @@ class Decoder:
         self.device = next(model.parameters()).device
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.busy_s = 0.0  # seconds spent in forward passes (the sum of rows' engine_s)
+
+    def _charge(self, rows: Sequence[Row], started: float) -> None:
+        """Split one pass's wall time equally among the rows it computed."""
+        spent = time.perf_counter() - started
+        self.busy_s += spent
+        share = spent / len(rows)
+        for r in rows:
+            r.engine_s += share
 
     def _forward(self, plan: SlotPlan, **kwargs: Any) -> torch.Tensor:
         self.bank.use(plan)
@@ -158,6 +174,7 @@ class Decoder:
         return torch.tensor(tokens, dtype=torch.long, device=self.device)
 
     def prefill(self, rows: list[Row]) -> RunningBatch:
+        started = time.perf_counter()
         rows = sorted(rows, key=lambda r: r.slot)  # each adapter's rows contiguous
         width = max(len(r.prompt_ids) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -174,9 +191,11 @@ class Decoder:
             plan, input_ids=ids, attention_mask=mask, position_ids=pos, kv=cache, logits_to_keep=1
         )
         last = self._choose(rows, logits)
+        self._charge(rows, started)
         return RunningBatch(rows, cache, mask, mask.sum(-1), last, plan)
 
     def step(self, b: RunningBatch) -> None:
+        started = time.perf_counter()
         b.mask = torch.cat([b.mask, b.mask.new_ones((b.mask.shape[0], 1))], dim=1)
         logits = self._forward(
             b.plan,
@@ -187,6 +206,7 @@ class Decoder:
         )
         b.next_pos = b.next_pos + 1
         b.last = self._choose(b.rows, logits)
+        self._charge(b.rows, started)
 
     def join(self, a: RunningBatch, b: RunningBatch) -> RunningBatch:
         """Stack two batches (left-padding the shorter cache), rows grouped by slot."""

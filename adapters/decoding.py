@@ -98,6 +98,7 @@ class Row:
     finish: FinishReason | None = None
     reported: bool = False
     retired: bool = False  # the batcher no longer counts it in flight
+    engine_s: float = 0.0  # its share of the forward passes it was in (Decoder._charge)
 
     @property
     def done(self) -> bool:
@@ -147,6 +148,7 @@ class Row:
             completion_tokens=len(self.out_ids),
             confidence=self.prob_sum / self.n_chosen if self.n_chosen else 0.0,
             finish_reason=self.finish or "length",
+            engine_s=self.engine_s,
         )
 
     def report(self, outcome: GenerationResult | LoraRouterError) -> None:

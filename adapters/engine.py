@@ -48,6 +48,9 @@ class GenerationResult:
     completion_tokens: int
     confidence: float  # mean probability of the generated tokens, in [0, 1]
     finish_reason: FinishReason
+    # the request's share of the engine's time: each forward pass (prefill or decode step,
+    # sampling included) split equally among the rows it computed; 0.0 when not measured
+    engine_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

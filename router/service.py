@@ -159,6 +159,7 @@ def build_record(
         latency_ms=(time.perf_counter() - started) * 1000.0,
         prompt_tokens=result.prompt_tokens if result is not None else None,
         completion_tokens=result.completion_tokens if result is not None else None,
+        engine_ms=result.engine_s * 1000.0 if result is not None else None,
         route_key=route_key,
         status="ok" if error is None else "error",
         error=_describe(error),

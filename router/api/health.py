@@ -98,9 +98,7 @@ def _refresh_gauges(request: Request) -> None:
     """The gauges read from in-process state at scrape time (:mod:`router.metrics`)."""
     components: Components | None = getattr(request.app.state, "components", None)
     if components is not None:
-        serving = components.flags.serving.get if components.flags is not None else None
-        request_metrics.observe_routes(components.store.all(), serving,
-                                       components.store.health())
+        request_metrics.observe_routes(components.store.all(), components.store.health())
     writer: LogWriter | None = getattr(request.app.state, "log_writer", None)
     if writer is not None:
         request_metrics.observe_log(writer.status())

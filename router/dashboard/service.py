@@ -25,6 +25,7 @@ from router.dashboard.reader import LogReader, build_reader
 from router.dashboard.traffic import DriftIndex, Frame, summarize, with_drift
 from router.dashboard.views import (
     AuditItem,
+    CostOut,
     DashboardState,
     DriftOut,
     RouteOut,
@@ -36,14 +37,17 @@ from router.drift.groups import slice_features
 from router.flags.service import RouteService
 from router.flags.state import RouteState
 from router.flags.views import StoreOut
+from router.log.cost import PriceBook, cost_report
 from router.log.factory import sqlite_path
-from router.settings import Settings
+from router.settings import Prices, Settings
 
 WINDOWS: dict[str, tuple[timedelta, int]] = {  # window: (length, bucket seconds)
     "15m": (timedelta(minutes=15), 30),
     "1h": (timedelta(hours=1), 120),
 }
 ALERTS_SINCE = timedelta(hours=24)
+COST_WINDOW = ("24h", timedelta(hours=24))  # the cost panel: the last day, cached 30 s
+COST_TTL_S = 30.0
 MAX_SLICE_FEATURES = 4
 Clock = Callable[[], datetime]
 
@@ -54,7 +58,7 @@ class DashboardService:
     def __init__(
         self, routes: RouteService, reader: LogReader, *, drift_monitor: bool,
         ttl_s: float = 2.0, audit_limit: int = 10,
-        clock: Clock | None = None,
+        clock: Clock | None = None, prices: PriceBook | None = None, currency: str = "USD",
     ) -> None:
         self._routes = routes
         self._reader = reader
@@ -66,11 +70,15 @@ class DashboardService:
             max(ttl_s, 10.0), max_keys=256)
         self._traffic: TtlCache[TrafficOut] = TtlCache(ttl_s)
         self._drift: TtlCache[DriftOut] = TtlCache(ttl_s)
+        self._prices = prices or PriceBook(Prices())
+        self._currency = currency
+        self._cost: TtlCache[CostOut] = TtlCache(max(ttl_s, COST_TTL_S))
 
     @classmethod
     def build(cls, settings: Settings, home: Home, routes: RouteService) -> DashboardService:
         reader = build_reader(settings.database_url, sqlite_path(home))
-        return cls(routes, reader, drift_monitor=settings.drift_enabled)
+        return cls(routes, reader, drift_monitor=settings.drift_enabled,
+                   prices=PriceBook.of(settings), currency=settings.price_currency)
 
     async def close(self) -> None:
         await self._reader.close()
@@ -93,6 +101,7 @@ class DashboardService:
             routes=[await self._route(s) for s in states],
             traffic=traffic,
             drift=drift,
+            cost=await self._cost.get("cost", self._read_cost),
         )
 
     async def _route(self, state: RouteState) -> RouteOut:
@@ -127,6 +136,16 @@ class DashboardService:
         requests = sum(m.overall.requests for m in models)
         note = None if requests else "no requests logged in this window"
         return out.model_copy(update={"requests": requests, "models": models, "note": note})
+
+    async def _read_cost(self) -> CostOut:
+        window, length = COST_WINDOW
+        try:
+            report = await cost_report(self._reader, self._prices,
+                                       since=self._clock() - length, currency=self._currency)
+        except LoraRouterError as exc:
+            return CostOut(window=window, available=False, note=exc.message, report=None)
+        note = None if report.priced else "no prices configured: costs are not estimated"
+        return CostOut(window=window, available=True, note=note, report=report)
 
     async def _read_drift(self) -> DriftOut:
         monitor: Literal["on", "off"] = "on" if self._drift_monitor else "off"

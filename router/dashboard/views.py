@@ -13,6 +13,7 @@ from router.drift.policy import GuardPolicy
 from router.flags.state import RouteState, Split
 from router.flags.store import AuditEntry
 from router.flags.views import StoreOut
+from router.log.cost import CostReport
 
 Window = Literal["15m", "1h"]
 DriftLevel = Literal["ok", "warning", "critical", "off", "unknown"]
@@ -124,6 +125,15 @@ class DriftOut(BaseModel):
     incidents: list[Incident]
 
 
+class CostOut(BaseModel):
+    """Cost per model_id and route over the last ``window`` (:mod:`router.log.cost`)."""
+
+    window: str
+    available: bool
+    note: str | None
+    report: CostReport | None
+
+
 class Viewer(BaseModel):
     principal: str = Field(description="Who the audit will name for a change made now.")
     role: str
@@ -139,6 +149,8 @@ class DashboardState(BaseModel):
     routes: list[RouteOut]
     traffic: TrafficOut
     drift: DriftOut
+    cost: CostOut | None = Field(default=None, description="Requests, tokens, engine "
+                                 "seconds and estimated cost per model_id and route.")
 
 
 _FIELDS = ("live", "canary", "shadow", "rollback_target", "guard", "task")

@@ -64,6 +64,8 @@ class StreamInputs:
         self.rows: deque[tuple[datetime, dict[str, Any]]] = deque(maxlen=window)
         self.active: set[str] = set()
         self._since_eval = 0
+        # (signal, feature, method) -> the statistic of the last evaluation (for metrics)
+        self.statistics: dict[tuple[str, str, str], float] = {}
 
     def observe(self, row: LogRow) -> None:
         self.rows.append((row.served_at, row.features))
@@ -108,6 +110,7 @@ class StreamInputs:
         if signal == "input" and set(counts) == {NO_LABEL}:
             return None  # the feature is not logged for this stream
         value = stats.psi(expected, counts)
+        self.statistics[(signal, name, "psi")] = value
         if not self._crossed(f"{signal}:{name}", value >= PSI_ALERT, value < PSI_CLEAR):
             return None
         observed = stats.normalise(counts)
@@ -124,6 +127,7 @@ class StreamInputs:
         if len(values) < self.min_rows or len(levels) != len(quantiles):
             return None
         d = stats.ks_to_quantiles(values, levels, quantiles)
+        self.statistics[("input", name, "ks")] = d
         p = stats.ks_pvalue(d, len(values), baseline.n or None)
         alert = p < KS_P_ALERT and d >= KS_D_MIN
         if not self._crossed(f"input:{name}", alert, d < KS_D_MIN / 2):

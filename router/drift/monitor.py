@@ -136,6 +136,7 @@ class DriftMonitor:
             touched[stream.key] = stream
         for stream in touched.values():
             metrics.observe_stream(stream.route, stream.arm, stream.quality)
+            metrics.observe_inputs(stream.route, stream.arm, stream.inputs)
         return found
 
     def _stream(self, row: LogRow) -> Stream | None:

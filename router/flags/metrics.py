@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 FLAGS_CONNECTED = Gauge(
     "lora_router_flags_connected",
@@ -37,6 +37,17 @@ ADAPTER_LOADS = Counter(
     "lora_router_adapter_loads_total",
     "Adapter loads attempted by the residency keeper, by outcome.",
     ["outcome"],  # ok | refused (registry: integrity, no card, retired) | error
+)
+ADAPTER_LOAD_SECONDS = Histogram(
+    "lora_router_adapter_load_seconds",
+    "Time to make an adapter resident: registry verification (hashing its files) plus the "
+    "engine's load (successful loads)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0),
+)
+ADAPTER_RESIDENT = Gauge(
+    "lora_router_adapter_resident",
+    "1 for each adapter resident in this process's engine (registered adapters only)",
+    ["model_id"],
 )
 ADAPTER_UNLOADS = Counter(
     "lora_router_adapter_unloads_total",

@@ -141,6 +141,7 @@ def _write_parquet(rows: list[Row], out: Path) -> None:
         "latency_ms": pa.float64(),
         "prompt_tokens": pa.int64(),
         "completion_tokens": pa.int64(),
+        "engine_ms": pa.float64(),
     }
     schema = pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
     pq.write_table(pa.table(cols, schema=schema), out)

@@ -41,6 +41,7 @@ class InferenceRecord:
     policy_version: str | None = None
     status: Status = "ok"
     error: str | None = None
+    engine_ms: float | None = None  # its share of the engine's forward passes (cost)
     # the end user / data subject (e.g. the OpenAI ``user`` field); only the optional input
     # store keeps it, so that its rows can be deleted by subject
     subject: str | None = None

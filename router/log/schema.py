@@ -8,6 +8,11 @@ schema; SQLite stores ``input_features`` as JSON text, ``served_at`` as ISO-8601
 A migration is applied once, recorded in ``schema_migrations``; re-applying is a no-op.
 Append new migrations at the end with the next version; never edit an applied one.
 
+``engine_ms`` (migration 4): the request's share of the engine's forward passes, in
+milliseconds (:mod:`adapters.batcher` says how it is measured); the source of engine
+seconds in cost accounting (:mod:`router.log.cost`). NULL for failed requests and rows
+written before it existed. An 8-byte float in both dialects (PostgreSQL's ``REAL`` is 4).
+
 ``subject_deletions`` holds one tombstone per deleted data subject (the sha256 of the subject,
 never the subject itself, and the time of the deletion): input-store rows of that subject
 stored at or before that time are never written again (see ``LogSink.write``).
@@ -40,6 +45,7 @@ COLUMNS: tuple[str, ...] = (
     "policy_version",
     "status",
     "error",
+    "engine_ms",
 )
 
 INPUT_COLUMNS: tuple[str, ...] = (
@@ -85,6 +91,8 @@ _DELETIONS = """CREATE TABLE IF NOT EXISTS subject_deletions (
     deleted_at {ts} NOT NULL
 )"""
 
+_ENGINE_MS = "ALTER TABLE inference_log ADD COLUMN engine_ms {real}"
+
 POSTGRES: tuple[Migration, ...] = (
     Migration(
         1,
@@ -122,6 +130,7 @@ POSTGRES: tuple[Migration, ...] = (
         ),
     ),
     Migration(3, "subject_deletions", (_DELETIONS.format(ts="TIMESTAMPTZ"),)),
+    Migration(4, "engine_ms", (_ENGINE_MS.format(real="DOUBLE PRECISION"),)),
 )
 
 SQLITE: tuple[Migration, ...] = (
@@ -161,6 +170,7 @@ SQLITE: tuple[Migration, ...] = (
         ),
     ),
     Migration(3, "subject_deletions", (_DELETIONS.format(ts="TEXT"),)),
+    Migration(4, "engine_ms", (_ENGINE_MS.format(real="REAL"),)),
 )
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -10,11 +10,11 @@ from tests.log.conftest import T0, make_record, make_row
 
 
 async def test_migrations_are_recorded_and_reapplying_them_is_a_no_op(sink: LogSink) -> None:
-    assert await sink.applied_migrations() == [1, 2, 3]
+    assert await sink.applied_migrations() == [1, 2, 3, 4]
     await sink.write([make_row(request_id="before")])
     await sink.close()
     await sink.open()  # re-applies nothing, keeps rows
-    assert await sink.applied_migrations() == [1, 2, 3]
+    assert await sink.applied_migrations() == [1, 2, 3, 4]
     assert await sink.get("before") is not None
 
 

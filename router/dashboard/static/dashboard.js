@@ -99,6 +99,7 @@
     renderRoutes(d.routes);
     renderDrift(d.drift);
     renderTraffic(d.traffic);
+    if (d.cost) renderCost(d.cost);
   }
 
   // --- routes -----------------------------------------------------------------------------
@@ -266,6 +267,34 @@
     $("traffic-note").textContent = bits.join(" · ");
     $("models").replaceChildren(...(t.models.length ? t.models.map((m) => modelCard(m, t.bucket_s))
       : [el("p", { class: "empty", text: t.available ? "No requests in this window." : "The inference log cannot be read." })]));
+  }
+
+  // --- cost per adapter and route (lora-router cost) --------------------------------------
+  function costRow(c, currency, total) {
+    return el("tr", total ? { class: "total" } : { "data-model": c.model_id, "data-route": c.route || "" },
+      el("td", {}, total ? el("strong", { text: "total" }) : el("code", { text: c.model_id })),
+      el("td", { text: total ? "" : (c.route || "– (pinned)") }),
+      el("td", { class: "num", text: c.requests }),
+      el("td", { class: "num", text: c.errors }),
+      el("td", { class: "num", text: c.prompt_tokens }),
+      el("td", { class: "num", text: c.completion_tokens }),
+      el("td", { class: "num", text: fmt(c.engine_s, 3) }),
+      el("td", { class: "num", text: c.cost === null ? "–" : `${fmt(c.cost, 4)} ${currency}` }));
+  }
+
+  function renderCost(c) {
+    const r = c.report;
+    const bits = [`last ${c.window}`, "engine s: each request's share of the engine's forward passes"];
+    if (!c.available || c.note) bits.push(c.note);
+    $("cost-note").textContent = bits.join(" · ");
+    if (!r || !r.lines.length) {
+      $("cost").replaceChildren(el("p", { class: "empty", text: r ? "No requests in this window." : "The inference log cannot be read." }));
+      return;
+    }
+    const head = ["adapter", "route", "requests", "errors", "prompt tok", "completion tok", "engine s", "est. cost"];
+    $("cost").replaceChildren(el("table", { class: "cost" },
+      el("thead", {}, el("tr", {}, head.map((h, i) => el("th", { class: i > 1 ? "num" : "", text: h })))),
+      el("tbody", {}, r.lines.map((x) => costRow(x, r.currency, false)), costRow(r.total, r.currency, true))));
   }
 
   // --- rollback ---------------------------------------------------------------------------
