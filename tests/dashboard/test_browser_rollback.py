@@ -6,7 +6,8 @@ copy of the demo home with API keys. A release key puts v2 on a canary through t
 API; the dashboard, opened with alice's on-call key, shows it; alice clicks Roll back,
 gives a reason, confirms, and sees the route on v1 at the next flag version. The same flip
 is then in ``lora-router audit support-triage`` under ``key:alice``, and a request served
-afterwards is answered by v1. The test saves the page as ``docs/dashboard.png``.
+afterwards is answered by v1. The test saves the page in its tmp dir, and as the README's
+``docs/dashboard.png`` when ``LORA_ROUTER_UPDATE_SCREENSHOT=1``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+README_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 REASON = "INC-42: canary v2 misroutes Spanish tickets"
 WAIT_MS = 30_000  # the page polls every 2 s; a loaded CI machine may be slow to answer
 
@@ -107,8 +108,10 @@ def roll_back_in_the_browser(page: Page, url: str, key: str, version: int) -> No
 
 
 def test_rollback_from_the_dashboard_in_a_real_browser(
-        gateway: tuple[Gateway, str, int]) -> None:
+        gateway: tuple[Gateway, str, int], tmp_path: Path) -> None:
     gw, alice, version = gateway
+    update = os.environ.get("LORA_ROUTER_UPDATE_SCREENSHOT") == "1"
+    screenshot = README_SCREENSHOT if update else tmp_path / "dashboard.png"
     browser_path = chromium()
     errors: list[str] = []
     try:
@@ -118,9 +121,9 @@ def test_rollback_from_the_dashboard_in_a_real_browser(
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 roll_back_in_the_browser(page, gw.url, alice, version)
-                SCREENSHOT.parent.mkdir(exist_ok=True)
-                page.screenshot(path=str(SCREENSHOT), full_page=True)
-                shrink_png(SCREENSHOT)
+                screenshot.parent.mkdir(exist_ok=True)
+                page.screenshot(path=str(screenshot), full_page=True)
+                shrink_png(screenshot)
             finally:
                 browser.close()
         assert errors == []

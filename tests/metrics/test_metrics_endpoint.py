@@ -141,7 +141,8 @@ def test_garbage_model_names_never_become_label_values(gateway: Gateway) -> None
             continue
         for s in f.samples:
             assert s.labels["model_id"] in known_models, s
-            assert s.labels["route"] in {ROUTE, "none"}, s
+            # the registry is the process's: other tests' gateways add their own routes
+            assert s.labels["route"] not in {*GARBAGE, "chat-garbage"}, s
             if "arm" in s.labels:
                 assert s.labels["arm"] in ARMS, s
     text = httpx.get(f"{gateway.url}/metrics").text
