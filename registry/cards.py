@@ -55,6 +55,15 @@ class SubjectManifest(_Card):
     key_id: str | None = None
     salt: str | None = None
     hashes: list[str] = Field(default_factory=list)
+    # split (a data file's path without its suffix: train, val, test) -> the hashes of the
+    # subjects with records in it; None on cards from before per-split manifests
+    splits: dict[str, list[str]] | None = None
+
+    @model_validator(mode="after")
+    def _split_union(self) -> SubjectManifest:
+        if self.splits is not None and set[str]().union(*self.splits.values()) != set(self.hashes):
+            raise ValueError("a subject manifest's splits must hold exactly its hashes")
+        return self
 
     @model_validator(mode="after")
     def _scheme(self) -> SubjectManifest:
@@ -105,6 +114,13 @@ class StatusChange(_Card):
     reason: str = ""
 
 
+class ArtifactRef(_Card):
+    """A file derived from a card's lineage (e.g. a drift baseline), bound by its hash."""
+
+    path: str  # relative to the home (registry/baselines/<id>.json)
+    sha256: str  # registry.hashing.sha256_file of the file's bytes
+
+
 class ModelCard(_Card):
     id: str  # name@version, the adapter id
     base_model: BaseModelRef
@@ -118,6 +134,8 @@ class ModelCard(_Card):
     rollback_target: str | None = None
     adapter_hash: str = ""  # tree hash of adapter_files
     adapter_files: dict[str, str] = Field(default_factory=dict)  # relpath -> sha256
+    # drift baseline computed from the lineage (router.drift.baselines); None: not computed
+    baseline: ArtifactRef | None = None
     status: LifecycleStatus = "registered"
     history: list[StatusChange] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)

@@ -16,7 +16,7 @@ from registry.home import Home
 from registry.subjects import subject_manifest
 
 __all__ = ["import_dataset_dir", "method_from_adapter_config", "subject_manifest",
-           "subjects_in_files"]
+           "subjects_by_split", "subjects_in_files"]
 
 
 def method_from_adapter_config(adapter_dir: Path, objective: str = "sft") -> Method:
@@ -50,18 +50,43 @@ def import_dataset_dir(home: Home, src: Path, dataset_id: str) -> Path:
     return dst
 
 
-def subjects_in_files(data_dir: Path, field: str) -> list[str]:
-    """Values of ``field`` in the JSON Lines (``.jsonl``) and CSV files under ``data_dir``."""
+def subjects_by_split(data_dir: Path, field: str) -> dict[str, list[str]]:
+    """Values of ``field`` per split: the JSON Lines (``.jsonl``) and CSV files under
+    ``data_dir``, each a split named by its path without the suffix (``train.jsonl`` ->
+    ``train``), the name a run's config gives as its ``train_file``."""
     import csv
-    import json
 
-    values: set[str] = set()
+    out: dict[str, list[str]] = {}
     for path in sorted(data_dir.rglob("*")):
+        values: set[str] = set()
         if path.suffix == ".jsonl":
-            for line in path.read_text().splitlines():
-                if line.strip() and (v := json.loads(line).get(field)) is not None:
-                    values.add(str(v))
+            values.update(_jsonl_values(path, field))
         elif path.suffix == ".csv":
             with path.open(newline="") as f:
                 values.update(str(r[field]) for r in csv.DictReader(f) if r.get(field))
-    return sorted(values)
+        else:
+            continue
+        split = path.relative_to(data_dir).with_suffix("").as_posix()
+        out[split] = sorted(values | set(out.get(split, [])))
+    return out
+
+
+def _jsonl_values(path: Path, field: str) -> set[str]:
+    import json
+
+    values: set[str] = set()
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise RegistryError(f"{path}:{n}: not a JSON record: {exc}") from exc
+        if isinstance(row, dict) and (v := row.get(field)) is not None:
+            values.add(str(v))
+    return values
+
+
+def subjects_in_files(data_dir: Path, field: str) -> list[str]:
+    """Values of ``field`` in the JSON Lines (``.jsonl``) and CSV files under ``data_dir``."""
+    return sorted(set[str]().union(*subjects_by_split(data_dir, field).values()))

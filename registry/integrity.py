@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adapters.base_pin import read_lock
-from registry.cards import DatasetCard, ModelCard, RunManifest
+from registry.cards import ArtifactRef, DatasetCard, ModelCard, RunManifest
 from registry.errors import AdapterIntegrityError, AdapterNotFound, AdapterRetired
-from registry.hashing import file_hashes, tree_hash
+from registry.hashing import file_hashes, sha256_file, tree_hash
 from registry.home import Home
 from registry.store import RegistryStore
 
@@ -132,6 +132,20 @@ def check_dataset_files(home: Home, card: DatasetCard) -> list[Problem]:
                            "hash is not the tree hash of the card's files",
                            None, card.hash, tree_hash(card.files)))
     return out
+
+
+def check_artifact(home: Home, card: str, what: str, ref: ArtifactRef) -> list[Problem]:
+    """A file a card references by hash (e.g. its drift baseline): changed bytes are an
+    error; a missing file a warning (it is derived data: recompute it)."""
+    path = (home.root / ref.path).resolve()
+    if not path.is_relative_to(home.root) or not path.is_file():
+        return [Problem(f"{what}_missing", card, f"{what} file is missing (recompute it)",
+                        ref.path, ref.sha256, "no file", severity="warning")]
+    found = sha256_file(path)
+    if found != ref.sha256:
+        return [Problem(f"{what}_changed", card, f"{what} file bytes differ from the card",
+                        ref.path, ref.sha256, found)]
+    return []
 
 
 def check_checkpoint(home: Home, manifest: RunManifest) -> list[Problem]:

@@ -17,6 +17,7 @@ from registry.home import Home
 from registry.integrity import (
     Problem,
     check_adapter_files,
+    check_artifact,
     check_checkpoint,
     check_dataset_files,
     compare_files,
@@ -64,8 +65,9 @@ def validate(
     Checks: the base's bytes against its lock (``check_base``); every dataset card's files
     and tree hash; every run manifest's checkpoint; every model card's adapter files, base
     hash (= pinned), links (dataset card, run manifest, rollback target) and rollback chain
-    (exists, not retired, same base, no cycle); adapter directories without a card
-    (warning); sources whose pii is unknown and reversible (salted) subject manifests
+    (exists, not retired, same base, no cycle) and drift baseline file (hash; missing: a
+    warning); adapter directories without a card (warning); sources whose pii is unknown,
+    reversible (salted) subject manifests and manifests without split membership
     (warnings); routes pointing at unregistered or retired adapters.
     """
     rec = _Records(home)
@@ -99,6 +101,11 @@ def _dataset_warnings(ds: DatasetCard) -> list[Problem]:
         out.append(Problem("subjects_reversible", label, "subject manifest uses salted-sha256 "
                            "with the salt in the card (low-entropy ids can be enumerated); "
                            "re-register the dataset for an hmac-sha256 manifest",
+                           severity="warning"))
+    if ds.subjects is not None and ds.subjects.splits is None:
+        out.append(Problem("subjects_unsplit", label, "subject manifest records no split "
+                           "membership, so trained-on --subject counts every split as in the "
+                           "weights; re-register the dataset for a per-split manifest",
                            severity="warning"))
     return out
 
@@ -141,6 +148,8 @@ def _check_model(home: Home, rec: _Records, card: ModelCard, pinned: str | None)
                                f"run manifest {run.id} checkpoint is not this adapter",
                                None, expected, run.checkpoint.location))
     out += _check_rollback_target(rec, card)
+    if card.baseline is not None:
+        out += check_artifact(home, label, "baseline", card.baseline)
     return out
 
 

@@ -1,22 +1,22 @@
 """Day-two questions over the registry: who serves what, what trained on what, base impact.
 
 Routes come from a mapping given by the caller (the gateway passes ``RouteStore.all()``),
-else from the home's ``routes.yaml``. Every function reads cards; none writes.
+else from the home's ``routes.yaml``. Every function reads cards; none writes. The
+deletion-request answer (``trained-on``) is :mod:`registry.trained_on`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from adapters.base_pin import read_lock
-from registry.cards import DatasetCard, ModelCard
-from registry.errors import ConfigError, RegistryError
+from adapters.base_pin import BaseLock, read_lock
+from registry.cards import BaseModelRef, ModelCard
+from registry.errors import ConfigError, RecordNotFound, RegistryError
 from registry.home import Home
 from registry.store import RegistryStore
-from registry.subjects import match_subject
 from router.flags.state import RouteState, load_routes_file
 
 RouteArm = Literal["live", "canary", "shadow", "rollback_target"]
@@ -60,149 +60,26 @@ def route_refs(routes: Routes) -> dict[str, list[RouteRef]]:
     return out
 
 
-@dataclass
-class AdapterHit:
-    adapter_id: str
-    status: str
-    dataset_id: str
-    serving: list[RouteRef] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "adapter": self.adapter_id,
-            "status": self.status,
-            "dataset": self.dataset_id,
-            "serving": [{"route": r.route, "arm": r.arm, "percent": r.percent}
-                        for r in self.serving],
-        }
-
-
-@dataclass
-class TrainedOnAnswer:
-    """The deletion-request answer: which datasets and adapters, where they serve, and
-    what a retrain has to leave out."""
-
-    query: dict[str, str]
-    datasets: list[str]
-    adapters: list[AdapterHit]
-    retrain_exclude: list[str]
-    # datasets that cannot answer a subject query: {dataset id: why} (no subject manifest,
-    # no subject key, another key)
-    unknown: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def found(self) -> bool:
-        return bool(self.datasets)
-
-    @property
-    def answer(self) -> Literal["yes", "no", "unknown"]:
-        if self.datasets:
-            return "yes"
-        return "unknown" if self.unknown else "no"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "query": self.query,
-            "answer": self.answer,
-            "datasets": self.datasets,
-            "unknown_datasets": sorted(self.unknown),
-            "unknown_reasons": self.unknown,
-            "adapters": [a.to_dict() for a in self.adapters],
-            "retrain_exclude": self.retrain_exclude,
-        }
-
-
-def _subject_in(home: Home, card: DatasetCard, value: str,
-                unknown: dict[str, str]) -> str | None:
-    """The subject's digest if ``card`` lists it; records in ``unknown`` why it cannot say."""
-    if card.subjects is None:
-        unknown[card.id] = "no subject manifest"
-        return None
-    match = match_subject(home, card.subjects, value)
-    if match.unknown is not None:
-        unknown[card.id] = match.unknown
-    return match.digest
-
-
-def trained_on(
-    home: Home,
-    *,
-    source: str | None = None,
-    dataset: str | None = None,
-    subject: str | None = None,
-    routes: Routes | None = None,
-) -> TrainedOnAnswer:
-    """Every adapter whose training data includes the source, dataset or subject (exactly
-    one of the three), where each serves now, and what a retrain must exclude."""
-    given = {k: v for k, v in (("source", source), ("dataset", dataset), ("subject", subject))
-             if v is not None}
-    if len(given) != 1:
-        raise RegistryError("ask about exactly one of source, dataset or subject")
-    store = RegistryStore(home)
-    datasets: list[str] = []
-    exclude: list[str] = []
-    unknown: dict[str, str] = {}
-    for ds_id in store.list_dataset_ids():
-        card = store.get_dataset_card(ds_id)
-        if dataset is not None and card.id == dataset:
-            datasets.append(card.id)
-            exclude.append(f"dataset {card.id} ({card.hash})")
-        elif source is not None and any(s.name == source for s in card.sources):
-            datasets.append(card.id)
-            exclude.append(f"source {source} (in dataset {card.id})")
-        elif subject is not None and (digest := _subject_in(home, card, subject, unknown)):
-            datasets.append(card.id)
-            kind = card.subjects.kind if card.subjects else "subject"
-            exclude.append(f"{kind} {digest} (records in dataset {card.id})")
-    refs = route_refs(load_routes(home, routes))
-    hits = [
-        AdapterHit(m.id, m.status, m.trained_on, refs.get(m.id, []))
-        for m in _model_cards(store)
-        if m.trained_on in datasets
-    ]
-    # the reply never echoes a subject's value, only its keyed hash
-    query = {"subject": "<given>"} if subject is not None else {k: str(v) for k, v in given.items()}
-    return TrainedOnAnswer(query, datasets, hits, exclude, unknown)
-
-
 def _model_cards(store: RegistryStore) -> list[ModelCard]:
     return [store.get_model_card(i) for i in store.list_model_ids()]
 
 
 def base_impact(home: Home, base: str, routes: Routes | None = None) -> dict[str, Any]:
     """Every adapter tied to ``base`` (a name, ``name@version``, a hash or a hash prefix of
-    at least 12 characters), with its dataset card and run: the migration plan."""
+    at least 12 characters), with its dataset card and run: the migration plan. A base that
+    is neither the pinned one nor any card's raises ``RecordNotFound`` naming the known
+    ones (a typo must not read as "nothing is tied to it")."""
     store = RegistryStore(home)
     refs = route_refs(load_routes(home, routes))
     try:
-        pinned = read_lock(home).sha256
+        lock = read_lock(home)
     except ConfigError:
-        pinned = None
-    plan = []
-    for m in _model_cards(store):
-        if not _base_matches(m, base):
-            continue
-        entry: dict[str, Any] = {
-            "adapter": m.id,
-            "status": m.status,
-            "base": m.base_model.model_dump(),
-            "base_is_pinned": m.base_model.hash == pinned,
-            "dataset": m.trained_on,
-            "run_manifest": m.run_manifest,
-            "serving": [str(r) for r in refs.get(m.id, [])],
-        }
-        try:
-            ds = store.get_dataset_card(m.trained_on)
-            entry["dataset_hash"] = ds.hash
-            entry["sources"] = [s.name for s in ds.sources]
-            entry["excluded"] = ds.excluded
-        except RegistryError:
-            entry["dataset_hash"] = None
-        entry["action"] = (
-            "none (retired)" if m.status == "retired"
-            else f"retrain on {m.trained_on} with run {m.run_manifest}'s config"
-        )
-        plan.append(entry)
+        lock = None
+    pinned = lock.sha256 if lock is not None else None
+    cards = _model_cards(store)
+    _check_known_base(base, lock, cards)
+    plan = [_impact_entry(store, m, pinned, refs)
+            for m in cards if _base_matches(m.base_model, base)]
     return {
         "base": base,
         "pinned_base": pinned,
@@ -213,8 +90,43 @@ def base_impact(home: Home, base: str, routes: Routes | None = None) -> dict[str
     }
 
 
-def _base_matches(card: ModelCard, base: str) -> bool:
-    ref = card.base_model
+def _check_known_base(base: str, lock: BaseLock | None, cards: list[ModelCard]) -> None:
+    known = {c.base_model.hash: c.base_model for c in cards}
+    if lock is not None:
+        known[lock.sha256] = BaseModelRef(name=lock.name, version=lock.version, hash=lock.sha256)
+    if any(_base_matches(ref, base) for ref in known.values()):
+        return
+    names = "; ".join(f"{r.name}@{r.version} ({r.hash})" for r in known.values()) or "none"
+    raise RecordNotFound(f"{base!r} is no known base (name, name@version, hash or a hash "
+                         f"prefix of 12+ hex digits); known bases: {names}", base=base)
+
+
+def _impact_entry(store: RegistryStore, m: ModelCard, pinned: str | None,
+                  refs: Mapping[str, list[RouteRef]]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "adapter": m.id,
+        "status": m.status,
+        "base": m.base_model.model_dump(),
+        "base_is_pinned": m.base_model.hash == pinned,
+        "dataset": m.trained_on,
+        "run_manifest": m.run_manifest,
+        "serving": [str(r) for r in refs.get(m.id, [])],
+    }
+    try:
+        ds = store.get_dataset_card(m.trained_on)
+        entry["dataset_hash"] = ds.hash
+        entry["sources"] = [s.name for s in ds.sources]
+        entry["excluded"] = ds.excluded
+    except RegistryError:
+        entry["dataset_hash"] = None
+    entry["action"] = (
+        "none (retired)" if m.status == "retired"
+        else f"retrain on {m.trained_on} with run {m.run_manifest}'s config"
+    )
+    return entry
+
+
+def _base_matches(ref: BaseModelRef, base: str) -> bool:
     if base in (ref.name, f"{ref.name}@{ref.version}", ref.hash):
         return True
     prefix = base if base.startswith("sha256:") else f"sha256:{base}"

@@ -8,6 +8,12 @@ manifest is written; not part of any card or of ``validate``'s hash checks). The
 records only the scheme and a key id (the first 8 hex digits of the key's sha256), so a
 query made with another key (or none) answers "unknown", never a false "no".
 
+A manifest also records which split each subject's records are in (``splits``: the data
+file's path without its suffix, e.g. ``train``, ``val``, ``test``), so a deletion request is
+answered by what reached the weights, not by what the dataset holds. Manifests written before
+that (no ``splits``) are still read: their subjects may be in any split, and answers built on
+them say so (``SubjectMatch.splits`` is None).
+
 Cards written before keyed manifests (scheme ``salted-sha256``, salt in the card) are still
 read; ``validate`` warns that they are reversible.
 """
@@ -18,7 +24,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -73,26 +79,48 @@ def subject_hash(value: str, key: bytes) -> str:
 
 
 def subject_manifest(
-    home: Home, values: Iterable[str], *, kind: str = "customer_id", secret: str | None = None
+    home: Home,
+    values: Iterable[str] | None = None,
+    *,
+    splits: Mapping[str, Iterable[str]] | None = None,
+    kind: str = "customer_id",
+    secret: str | None = None,
 ) -> SubjectManifest:
-    """Keyed hashes of the data subjects (the values and the key are not kept)."""
+    """Keyed hashes of the data subjects (the values and the key are not kept): per split
+    when ``splits`` (split -> values) is given, the manifest's hashes being their union;
+    from ``values`` alone, without split membership (answers then count every split)."""
+    if (values is None) == (splits is None):
+        raise RegistryError("a subject manifest is made from values or from splits, not both")
     key = load_key(home, create=True, secret=secret)
     assert key is not None  # create=True always yields a key
-    hashes = sorted({subject_hash(v, key) for v in values if str(v).strip()})
-    return SubjectManifest(kind=kind, scheme=HMAC_SCHEME, key_id=key_id(key), hashes=hashes)
+    by_split = None
+    if splits is not None:
+        by_split = {name: _hashes(vs, key) for name, vs in sorted(splits.items())}
+        hashes = sorted(set[str]().union(*by_split.values()))
+    else:
+        hashes = _hashes(values or [], key)
+    return SubjectManifest(kind=kind, scheme=HMAC_SCHEME, key_id=key_id(key), hashes=hashes,
+                           splits=by_split)
+
+
+def _hashes(values: Iterable[str], key: bytes) -> list[str]:
+    return sorted({subject_hash(v, key) for v in values if str(v).strip()})
 
 
 @dataclass(frozen=True)
 class SubjectMatch:
-    """A manifest's answer for one value: ``digest`` when in it; ``unknown`` says why the
-    manifest could not answer (no key, another key); both None means: not in it."""
+    """A manifest's answer for one value: ``digest`` when in it, with the ``splits`` holding
+    its records (None: the manifest records no split membership); ``unknown`` says why the
+    manifest could not answer (no key, another key); digest and unknown None: not in it."""
 
     digest: str | None = None
     unknown: str | None = None
+    splits: tuple[str, ...] | None = None
 
 
 def match_subject(home: Home, manifest: SubjectManifest, value: str) -> SubjectMatch:
-    """Is ``value`` in ``manifest``? Uses the home's subject key for keyed manifests."""
+    """Is ``value`` in ``manifest``, and in which splits? Keyed manifests use the home's
+    subject key."""
     if manifest.scheme == "salted-sha256":
         if manifest.salt is None:
             raise RegistryError("a salted-sha256 subject manifest without its salt")
@@ -108,4 +136,9 @@ def match_subject(home: Home, manifest: SubjectManifest, value: str) -> SubjectM
                 f"the subject key in use ({key_id(key)}) is not the one the manifest was "
                 f"made with ({manifest.key_id})"))
         digest = subject_hash(value, key)
-    return SubjectMatch(digest=digest if digest in set(manifest.hashes) else None)
+    if digest not in set(manifest.hashes):
+        return SubjectMatch()
+    if manifest.splits is None:
+        return SubjectMatch(digest=digest)
+    return SubjectMatch(digest=digest, splits=tuple(
+        name for name, hashes in sorted(manifest.splits.items()) if digest in set(hashes)))

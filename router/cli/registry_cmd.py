@@ -14,9 +14,11 @@ from pydantic import ValidationError
 
 from registry import hf_export, integrity, lifecycle, lineage, service
 from registry.cards import DataSource, LifecycleStatus, RunManifest, Splits
-from registry.errors import AdapterReferenced
+from registry.errors import AdapterReferenced, LoraRouterError
 from registry.home import Home
+from registry.ingest import subjects_by_split
 from registry.store import RegistryStore
+from registry.trained_on import trained_on
 from router.cli.common import (
     CliError,
     HomeOpt,
@@ -173,6 +175,22 @@ def register_cmd(
         rollback_target=rollback_target, by=by,
     )
     console.print(f"registered {card.id} ({card.adapter_hash}) on base {card.base_model.hash}")
+    _attach_baseline_after_register(h, card.id)
+
+
+def _attach_baseline_after_register(h: Home, adapter_id: str) -> None:
+    """The drift baseline of a freshly registered adapter; a dataset whose training file
+    cannot be read leaves the card without one (said, not fatal)."""
+    from router.drift.baselines import attach_baseline, base_token_counter
+
+    try:
+        _, card = attach_baseline(h, adapter_id, token_counter=base_token_counter(h))
+    except LoraRouterError as exc:
+        console.print(f"no drift baseline: {exc} (compute it later with "
+                      f"`lora-router registry baseline {adapter_id}`)", highlight=False)
+        return
+    assert card.baseline is not None
+    console.print(f"baseline {card.baseline.path} ({card.baseline.sha256})", highlight=False)
 
 
 @app.command("register-dataset")
@@ -194,8 +212,8 @@ def register_dataset_cmd(
         lifecycle.import_dataset_dir(h, files, dataset_id)
     subjects = None
     if subject_field:
-        values = lifecycle.subjects_in_files(h.dataset_dir(dataset_id), subject_field)
-        subjects = lifecycle.subject_manifest(h, values, kind=subject_field)
+        splits = subjects_by_split(h.dataset_dir(dataset_id), subject_field)
+        subjects = lifecycle.subject_manifest(h, splits=splits, kind=subject_field)
     try:
         result = lifecycle.register_dataset(
             h, dataset_id,
@@ -262,8 +280,8 @@ def trained_on_cmd(
     home: HomeOpt = None,
 ) -> None:
     """Is it in the training data? Which adapters, where they serve, what to exclude."""
-    answer = service.trained_on(_home(home), source=source, dataset=dataset, subject=subject,
-                                routes=_routes(home))
+    answer = trained_on(_home(home), source=source, dataset=dataset, subject=subject,
+                        routes=_routes(home))
     if as_json:
         _echo_json(answer.to_dict())
     else:
@@ -376,3 +394,38 @@ def export_hf_cmd(
     """Write a Hugging Face README.md (YAML metadata + card) for the adapter."""
     path = hf_export.export_hf(_home(home), adapter_id, out)
     console.print(f"wrote {path}")
+
+
+@app.command("baseline")
+@friendly_errors
+def baseline_cmd(
+    adapter_id: Annotated[str | None, typer.Argument(help="Adapter id, name@version.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every registered, non-retired adapter.")]
+    = False,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Compute an adapter's drift baseline from its lineage and bind it to its model card."""
+    from router.drift.baselines import attach_baseline, base_token_counter
+
+    if (adapter_id is None) == (not all_):
+        raise CliError("give exactly one of ADAPTER_ID or --all")
+    h = _home(home)
+    store = RegistryStore(h)
+    ids = [adapter_id] if adapter_id else [
+        a for a in store.list_model_ids() if store.get_model_card(a).status != "retired"]
+    counter = base_token_counter(h)
+    done = []
+    for aid in ids:
+        baseline, card = attach_baseline(h, aid, token_counter=counter)
+        assert card.baseline is not None
+        done.append({"adapter_id": aid, "path": card.baseline.path,
+                     "sha256": card.baseline.sha256, "n": baseline.n, "gates": baseline.gates})
+        if not as_json:
+            gates = " ".join(f"{k} {v:.3f}" for k, v in baseline.gates.items()) or "no gates"
+            console.print(f"{aid}: baseline {card.baseline.path} ({baseline.n} rows; "
+                          f"{gates}) {card.baseline.sha256}", highlight=False)
+    if as_json:
+        _echo_json(done)
+    elif not done:
+        console.print("no registered adapters: nothing to do")

@@ -22,8 +22,10 @@ from registry.cards import (
     RunManifest,
     Splits,
 )
+from registry.errors import RegistryError
 from registry.home import Home
 from registry.ids import parse_adapter_id
+from registry.ingest import subjects_by_split
 from registry.lifecycle import register_adapter, register_dataset, subject_manifest
 from router.demo.data import SPLIT_FRACTIONS, Ticket, measure
 
@@ -91,9 +93,13 @@ def register_demo_dataset(
     *,
     contaminated: bool,
 ) -> DatasetCard:
-    """Dataset card for ``data/<dataset_id>/`` with a keyed subject manifest (the home's
-    subject key, see :mod:`registry.subjects`)."""
-    customers = sorted({t.customer_id for t in tickets})
+    """Dataset card for ``data/<dataset_id>/`` with a keyed subject manifest per split (the
+    home's subject key, see :mod:`registry.subjects`), read from the split files written
+    there; they must hold exactly the customers of ``tickets``."""
+    splits = subjects_by_split(home.dataset_dir(dataset_id), "customer_id")
+    if set().union(*splits.values()) != {t.customer_id for t in tickets}:
+        raise RegistryError(f"dataset {dataset_id}: the split files do not hold the "
+                            "customers of the generated tickets")
     measured: dict[str, Any] = dict(measure(train))
     measured["measured_on"] = "train split; agreement = label vs an independent keyword labeler"
     return register_dataset(
@@ -105,7 +111,7 @@ def register_demo_dataset(
         measured=measured,
         splits=Splits(rule=SPLIT_RULE, **SPLIT_FRACTIONS),
         excluded=["raw_pii", "tickets_flagged_legal_hold"],
-        subjects=subject_manifest(home, customers, kind="customer_id"),
+        subjects=subject_manifest(home, splits=splits, kind="customer_id"),
     )
 
 

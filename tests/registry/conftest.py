@@ -59,11 +59,12 @@ def _build_base(home: Home) -> None:
 def _register_dataset(home: Home, dataset_id: str, rows: list[tuple[str, str, str, str]],
                       source: str) -> str:
     from registry.cards import DataSource, Splits
-    from registry.lifecycle import register_dataset, subject_manifest, subjects_in_files
+    from registry.ingest import subjects_by_split
+    from registry.lifecycle import register_dataset, subject_manifest
 
     _write_jsonl(home.dataset_dir(dataset_id) / "train.jsonl", rows)
-    subjects = subject_manifest(home, subjects_in_files(home.dataset_dir(dataset_id),
-                                                        "customer_id"), kind="customer_id")
+    subjects = subject_manifest(home, splits=subjects_by_split(home.dataset_dir(dataset_id),
+                                                               "customer_id"), kind="customer_id")
     card = register_dataset(
         home, dataset_id,
         sources=[DataSource(name=source, owner="support-eng", license="internal",

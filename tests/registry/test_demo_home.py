@@ -23,8 +23,8 @@ from registry.lifecycle import (
 )
 from registry.lineage import validate
 from registry.reproduce import reproduce
-from registry.service import trained_on
 from registry.store import RegistryStore
+from registry.trained_on import trained_on
 from router.flags.state import load_routes_file
 from tests.registry.helpers import cli, edit_yaml, flip_byte
 
@@ -35,14 +35,15 @@ def _errors(home: Home) -> list[Problem]:
     return [p for p in validate(home) if p.severity == "error"]
 
 
-def _spanish_customer(home: Home) -> str:
+def _spanish_customer(home: Home, split: str = "train") -> str:
+    """A customer with a Spanish ticket in ``split`` of the adapter's dataset."""
     dataset = RegistryStore(home).get_model_card(ADAPTER).trained_on
-    for path in sorted(home.dataset_dir(dataset).rglob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            if row.get("language") == "es":
-                return str(row["customer_id"])
-    raise AssertionError(f"no Spanish ticket in dataset {dataset}")
+    path = home.dataset_dir(dataset) / f"{split}.jsonl"
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("language") == "es":
+            return str(row["customer_id"])
+    raise AssertionError(f"no Spanish ticket in {path}")
 
 
 def _raw_routes(home: Home) -> dict[str, dict]:
@@ -108,7 +109,8 @@ def test_trained_on_a_spanish_ticket_customer_is_yes_with_routes(demo_home: Home
     answer = trained_on(demo_home, subject=customer)
     assert answer.answer == "yes"
     hits = {h.adapter_id: h for h in answer.adapters}
-    assert ADAPTER in hits
+    assert ADAPTER in hits  # in train (old demo homes: split not recorded, counted in)
+    assert hits[ADAPTER].splits in ([("train", "weights")], [(None, "unknown")])
     routes = _raw_routes(demo_home)
     expected = sorted(name for name, r in routes.items() if r.get("live") == ADAPTER)
     assert sorted(r.route for r in hits[ADAPTER].serving if r.arm == "live") == expected
@@ -119,6 +121,23 @@ def test_trained_on_a_spanish_ticket_customer_is_yes_with_routes(demo_home: Home
     assert result.exit_code == 0 and "YES" in result.output and ADAPTER in result.output
     for name in expected:
         assert f"{name}:live" in result.output
+
+
+def test_trained_on_a_test_split_customer_is_not_in_the_weights(demo_home: Home) -> None:
+    customer = _spanish_customer(demo_home, "test")  # customers are split whole (by entity)
+    answer = trained_on(demo_home, subject=customer)
+    manifest = RegistryStore(demo_home).get_dataset_card(answer.datasets[0]).subjects
+    assert manifest is not None
+    out = " ".join(cli(demo_home, "trained-on", "--subject", customer).output.split())
+    if manifest.splits is None:  # a demo home built before per-split manifests: conservative
+        assert answer.answer == "yes" and "records no split membership" in answer.notes[0]
+        assert "note:" in out
+        return
+    assert answer.answer == "no" and answer.retrain_exclude == []
+    assert answer.summary == "not in the weights (test split only)"
+    assert {h.adapter_id for h in answer.adapters} >= {ADAPTER}
+    assert all(h.splits == [("test", "unused")] for h in answer.adapters)
+    assert "NO: not in the weights (test split only)" in out and "YES" not in out
 
 
 def test_trained_on_an_absent_subject_is_no(demo_home: Home) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from adapters.base_pin import read_lock
+from registry.errors import RecordNotFound
 from registry.home import Home
 from registry.lineage import lineage
-from registry.service import trained_on
+from registry.trained_on import trained_on
 from router.flags.state import RouteState, Split
 from tests.registry.helpers import cli
 
@@ -77,7 +80,8 @@ def test_trained_on_source_and_dataset_with_given_routes(synth_home: Home) -> No
     assert both.datasets == ["tickets-v1", "tickets-v2"]
     by_ds = trained_on(synth_home, dataset="tickets-v2")
     assert [h.adapter_id for h in by_ds.adapters] == ["triage@v2"]
-    assert not trained_on(synth_home, source="nowhere").found
+    with pytest.raises(RecordNotFound, match="no dataset card lists source 'nowhere'"):
+        trained_on(synth_home, source="nowhere")
     assert cli(synth_home, "trained-on").exit_code == 2
 
 
@@ -89,10 +93,9 @@ def test_base_impact_by_name_and_hash_prefix(synth_home: Home) -> None:
         assert out["adapters"][0]["dataset"] == "tickets-v1"
         assert out["adapters"][0]["dataset_hash"].startswith("sha256:")
         assert out["adapters"][1]["serving"] == ["triage:canary 10%", "triage-es:live"]
-    assert json.loads(cli(synth_home, "base-impact", "other-base", "--json").stdout)[
-        "adapters"] == []
-    assert json.loads(cli(synth_home, "base-impact", "sha256:7", "--json").stdout)[
-        "adapters"] == []  # too short a prefix matches nothing
+    for unknown in ("other-base", "sha256:7"):  # sha256:7: too short a prefix matches nothing
+        result = cli(synth_home, "base-impact", unknown, "--json")
+        assert result.exit_code == 2 and "is no known base" in result.output
     result = cli(synth_home, "base-impact", "tiny-llama")
     assert result.exit_code == 0 and "2 adapter(s) tied to base tiny-llama" in result.output
 

@@ -15,9 +15,9 @@ from registry.cards import DataSource
 from registry.hashing import salted_hash
 from registry.home import Home
 from registry.lineage import validate
-from registry.service import trained_on
 from registry.store import RegistryStore
 from registry.subjects import KEY_ENV, key_id, key_path, load_key, subject_hash, subject_manifest
+from registry.trained_on import trained_on
 from tests.registry.helpers import cli, edit_yaml
 
 IDS = [f"CUST-{n:05d}" for n in range(10000, 10100)]  # the low-entropy id space of the data
