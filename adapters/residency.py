@@ -201,6 +201,7 @@ class Residency:
         if pending is not None:  # re-referenced while draining: reload after the drain
             with contextlib.suppress(Exception):
                 await asyncio.shield(pending)
+        started = time.perf_counter()
         try:
             await asyncio.to_thread(verify_adapter, self._home, adapter_id)
         except LoraRouterError as exc:
@@ -221,6 +222,7 @@ class Residency:
             metrics.ADAPTER_LOADS.labels("error").inc()
             raise
         metrics.ADAPTER_LOADS.labels("ok").inc()
+        metrics.ADAPTER_LOAD_SECONDS.observe(time.perf_counter() - started)
         log.info("adapter %s resident in slot %s (%.1f ms)", adapter_id, info.slot, info.load_ms)
 
     async def _make_room(self, keep: set[str]) -> bool:
@@ -304,6 +306,9 @@ class Residency:
     async def _publish(self) -> None:
         resident = self.resident()
         metrics.ADAPTERS_RESIDENT.set(len(resident))
+        metrics.ADAPTER_RESIDENT.clear()  # an unloaded adapter leaves no series behind
+        for adapter_id in resident:
+            metrics.ADAPTER_RESIDENT.labels(adapter_id).set(1)
         if self.on_resident is None:
             return
         try:

@@ -51,8 +51,8 @@ def free_port() -> int:
 
 
 def copy_home(src: Path, dst: Path) -> Path:
-    """A private copy of a home (without its inference log)."""
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("log"))
+    """A private copy of a home (without its inference log and embedded route store)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("log", "flags"))
     return dst
 
 
@@ -296,7 +296,7 @@ class AppliedRecorder(threading.Thread):
 
         while not self._stop_event.is_set():
             client = redis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=1)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(keys.APPLIED_CHANNEL)
                 self.subscribed.set()

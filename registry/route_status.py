@@ -20,6 +20,14 @@ The status rule, for each adapter the change touches (named by ``before`` or ``a
 replaces its route's entry there). Without ``all_states`` only this route is known, so the
 sync never *lowers* a status: an adapter taken off this route may still serve on another.
 Pass ``all_states`` to have demotions recorded.
+
+:func:`reconcile_route_status` applies the same rule to every card against the routes in
+force (a gateway's start), so cards never disagree with the routes after a crash or a
+change made while no gateway kept the cards.
+
+Cost: a move reads and rewrites the card file alone and appends one line to the card's
+history log (:meth:`RegistryStore.move_model_card`): it does not grow with the number of
+earlier moves.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from registry.cards import LifecycleStatus
+from registry.card_cache import CardCache
+from registry.cards import LifecycleStatus, ModelCard
 from registry.errors import LoraRouterError
 from registry.home import Home
 from registry.store import RegistryStore, registry_lock
@@ -81,6 +90,19 @@ def _left_arm(before: RouteState | None, adapter: str) -> str:
     return "rollback target" if before.rollback_target == adapter else "the route"
 
 
+def _card(store: RegistryStore, adapter: str, route: str) -> ModelCard | None:
+    """The card file of ``adapter`` (no history), unless it has none or is retired."""
+    if not store.has_model_card(adapter):
+        log.warning("route %s names %s, which has no model card: status not tracked",
+                    route, adapter)
+        return None
+    card = store.get_model_card(adapter, with_history=False)
+    if card.status == "retired":
+        log.warning("route %s names retired adapter %s: its card stays retired", route, adapter)
+        return None
+    return card
+
+
 def _sync_one(
     store: RegistryStore,
     adapter: str,
@@ -89,14 +111,8 @@ def _sync_one(
     after: RouteState,
     demote: bool,
 ) -> Transition | None:
-    if not store.has_model_card(adapter):
-        log.warning("route %s names %s, which has no model card: status not tracked",
-                    after.route, adapter)
-        return None
-    card = store.get_model_card(adapter)
-    if card.status == "retired":
-        log.warning("route %s names retired adapter %s: its card stays retired",
-                    after.route, adapter)
+    card = _card(store, adapter, after.route)
+    if card is None:
         return None
     status, where = _target(adapter, routes)
     if status is None or status == card.status:
@@ -108,8 +124,7 @@ def _sync_one(
         what = f"off {_left_arm(before, adapter)}, referenced by no route"
     else:
         what = f"{status} on route {where}"
-    store.put_model_card(card.moved_to(status, after.updated_by,
-                                       f"{change}: {what} ({after.reason})"))
+    store.move_model_card(card, status, after.updated_by, f"{change}: {what} ({after.reason})")
     return adapter, card.status, status
 
 
@@ -143,7 +158,7 @@ def sync_route_status(
                     continue
                 if moved is not None:
                     done.append(moved)
-    except OSError as exc:  # the registry cannot be locked (read-only home, ...)
+    except (OSError, LoraRouterError) as exc:  # cannot be locked: read-only home, timeout
         log.warning("route %s: model-card status not synced: %s", after.route, exc)
     for adapter, old, new in done:
         log.info("adapter %s: %s -> %s (route %s v%s)", adapter, old, new, after.route,
@@ -151,24 +166,67 @@ def sync_route_status(
     return done
 
 
-def card_rollback_target(home: Home, adapter_id: str) -> str | None:
+def _reconcile_one(
+    store: RegistryStore, adapter: str, routes: Mapping[str, RouteState], by: str
+) -> Transition | None:
+    card = store.get_model_card(adapter, with_history=False)
+    if card.status == "retired":
+        return None
+    status, where = _target(adapter, routes)
+    if status is None or status == card.status:
+        return None
+    what = f"{status} on route {where}" if where else "referenced by no route"
+    store.move_model_card(card, status, by, f"routes in force at start: {what}")
+    return adapter, card.status, status
+
+
+def reconcile_route_status(
+    home: Home, routes: Mapping[str, RouteState], *, by: str = "lora-router"
+) -> list[Transition]:
+    """Bring every model card's status in line with ``routes`` (all the routes in force),
+    by the rule of the module docstring, demotions included; return the moves made. A card
+    already in line is not written. Never raises for a card (logged, skipped)."""
+    store = RegistryStore(home)
+    done: list[Transition] = []
+    try:
+        with registry_lock(home):
+            for adapter in store.list_model_ids():
+                try:
+                    moved = _reconcile_one(store, adapter, routes, by)
+                except (LoraRouterError, OSError) as exc:
+                    log.warning("status of %s not reconciled with the routes: %s", adapter, exc)
+                    continue
+                if moved is not None:
+                    done.append(moved)
+    except (OSError, LoraRouterError) as exc:  # cannot be locked: read-only home, timeout
+        log.warning("model-card status not reconciled with the routes: %s", exc)
+    for adapter, old, new in done:
+        log.info("adapter %s: %s -> %s (routes in force at start)", adapter, old, new)
+    return done
+
+
+def card_rollback_target(
+    home: Home, adapter_id: str, cards: CardCache | None = None
+) -> str | None:
     """The rollback target recorded in ``adapter_id``'s model card, if a route may name it.
 
     None when the adapter has no card (or it cannot be read), the card names no target, or
-    the target has no card or is retired (logged). Never raises for a card.
+    the target has no card or is retired (logged). Never raises for a card. Reads the card
+    files alone (not their history), through ``cards`` when given.
     """
+    cache = cards if cards is not None else CardCache(home)
     store = RegistryStore(home)
     try:
         if not store.has_model_card(adapter_id):
             return None
-        target = store.get_model_card(adapter_id).rollback_target
+        target = cache.model_card(adapter_id).rollback_target
         if target is None:
             return None
         if not store.has_model_card(target):
             log.warning("model card %s: rollback target %s has no card; ignored",
                         adapter_id, target)
             return None
-        if store.get_model_card(target).status == "retired":
+        if cache.model_card(target).status == "retired":
             log.warning("model card %s: rollback target %s is retired; ignored",
                         adapter_id, target)
             return None

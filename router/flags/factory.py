@@ -1,27 +1,32 @@
 """Building the route flags from settings: the store, the known-adapter check, seeding.
 
 The gateway (phase 2) and the CLI's direct mode both build through here, so there is one
-place that picks Redis or the in-process store, and one place that seeds the routes file
-(through ``RouteService.seed``, which refuses unknown or retired adapters before any write).
+place that picks Redis or the embedded durable store (SQLite at
+``Settings.flags_db_path``), and one place that seeds the routes file (through
+``RouteService.seed``, which refuses unknown or retired adapters before any write; routes
+the store holds already keep their stored state).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import redis
 
+from registry import route_status
+from registry.card_cache import CardCache
 from registry.errors import AdapterNotFound, ConfigError, FlagStoreUnavailable, LoraRouterError
 from registry.home import Home
-from registry.store import RegistryStore
 from router.flags import keys
-from router.flags.memory import MemoryRouteStore
 from router.flags.redis_store import RedisRouteStore
 from router.flags.service import RouteService
+from router.flags.sqlite_store import SqliteRouteStore
 from router.flags.state import check_route_adapters, load_routes_file
 from router.flags.store import RouteStore
 from router.settings import Settings
@@ -32,12 +37,13 @@ def default_replica_id(settings: Settings) -> str:
 
 
 def build_route_store(settings: Settings, *, replica_id: str | None = None) -> RouteStore:
-    """Redis when ``settings.redis_url`` is set, else the in-process store (not started)."""
+    """Redis when ``settings.redis_url`` is set, else the durable embedded store in the
+    SQLite file ``settings.flags_db_path`` (not started)."""
     if settings.redis_url:
         return RedisRouteStore(
             settings.redis_url, resync_s=settings.flags_resync_s, replica_id=replica_id
         )
-    return MemoryRouteStore()
+    return SqliteRouteStore(settings.flags_db_path)
 
 
 def home_known_adapters(home: Home) -> Callable[[], set[str]]:
@@ -45,16 +51,18 @@ def home_known_adapters(home: Home) -> Callable[[], set[str]]:
 
     An adapter directory without a model card is not routable: the gateway refuses to load
     it (``registry.integrity.verify_adapter``), so a route must not point at it either.
+    Cards are read through a :class:`CardCache`: a card file is parsed again only when it
+    changed (a stat per card per call otherwise), and never with its status history.
     """
-    registry = RegistryStore(home)
+    cards = CardCache(home)
 
     def known() -> set[str]:
         out = set()
-        for adapter_id in registry.list_model_ids():
+        for adapter_id in cards.model_ids():
             try:
-                if registry.get_model_card(adapter_id).status != "retired":
+                if cards.model_card(adapter_id).status != "retired":
                     out.add(adapter_id)
-            except LoraRouterError:
+            except (LoraRouterError, OSError):
                 continue  # an unreadable card is not a safe route target
         return out
 
@@ -87,7 +95,9 @@ def check_routes_file(settings: Settings, home: Home) -> None:
     states = load_routes_file(path)
     if settings.redis_url:
         stored = stored_route_names(settings.redis_url)
-        states = {r: s for r, s in states.items() if r not in stored}
+    else:
+        stored = sqlite_route_names(settings.flags_db_path)
+    states = {r: s for r, s in states.items() if r not in stored}
     try:
         check_route_adapters(states, home_known_adapters(home)())
     except AdapterNotFound as exc:
@@ -106,6 +116,38 @@ def stored_route_names(redis_url: str, timeout_s: float = 2.0) -> set[str]:
     finally:
         client.close()
     return {n.decode() if isinstance(n, bytes) else str(n) for n in names}
+
+
+def holds_home_routes(settings: Settings) -> bool:
+    """Whether the store holds the home's route table: Redis, or the embedded store of the
+    home's own routes file. A gateway on another routes file (``--routes``) serves a table
+    of its own; the home's cards do not describe it at start."""
+    return bool(settings.redis_url) or (
+        settings.routes_path.expanduser().resolve() == settings.home / "routes.yaml"
+    )
+
+
+async def reconcile_cards(settings: Settings, home: Home, store: RouteStore) -> None:
+    """At start: bring the home's model-card status in line with the routes in force
+    (:func:`registry.route_status.reconcile_route_status`, in a worker thread), when the
+    store holds the home's route table (:func:`holds_home_routes`)."""
+    if holds_home_routes(settings):
+        await asyncio.to_thread(route_status.reconcile_route_status, home, store.all())
+
+
+def sqlite_route_names(path: Path) -> set[str]:
+    """The routes the embedded store's file at ``path`` holds (none when there is no file
+    or it is not a route store yet; the gateway's start reports a bad file)."""
+    if not path.is_file():
+        return set()
+    try:
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
+        try:
+            return {str(r) for (r,) in db.execute("SELECT route FROM routes")}
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return set()
 
 
 @asynccontextmanager

@@ -1,4 +1,5 @@
-"""In-process route store: the embedded default (no Redis), same semantics in one process."""
+"""In-process route store: the contract in memory, nothing kept across a restart (tests,
+throwaway runs). The embedded default is the durable :mod:`router.flags.sqlite_store`."""
 
 from __future__ import annotations
 

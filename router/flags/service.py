@@ -5,6 +5,11 @@ builds the new one, validates it, gets every replica ready for it (``prepare``: 
 two-phase residency step), commits it with a compare-and-set on the version it read, and
 returns the committed state with how long the write took and, when replicas report, how
 long until every replica applied it.
+
+Nothing on the way blocks the event loop, and nothing on it grows with the number of
+earlier changes: building and checking the new state (which reads model cards, through a
+cache) runs in a worker thread, and the registry's record of the change (``on_commit``)
+is written after the answer (:mod:`router.flags.bookkeeping`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,6 +32,8 @@ from registry.errors import (
     RouteNotFound,
     VersionConflict,
 )
+from router.drift.policy import GuardPolicy
+from router.flags.bookkeeping import Bookkeeper
 from router.flags.replicas import AppliedWatch, ApplyReport, ReplicaRegistry
 from router.flags.state import RouteState, Split, check_route_adapters
 from router.flags.store import AuditEntry, RouteStore
@@ -48,6 +56,7 @@ class ChangeResult:
     prepare_ms: float  # asking replicas to load new adapters (0 when none were new)
     commit_ms: float  # the compare-and-set write, to its acknowledgement
     applied: ApplyReport | None  # None when no replica registry is attached
+    committed_at: datetime | None = None  # wall clock when the write was acknowledged
 
 
 class RouteService:
@@ -63,10 +72,12 @@ class RouteService:
     and raises ``RouteChangeRefused`` to stop it. With a ``replicas`` registry, each change waits up
     to ``apply_timeout_s`` for every live replica to report the new version.
 
-    Hooks: ``on_commit(before, after)`` is called (in a worker thread) after each change
-    committed through this service, once the replicas' apply wait is over; its exceptions
-    are logged, never fail the change. :meth:`seed` does not call it: seeding is the
-    config at start, run by every replica, not a change someone made.
+    Hooks: ``on_commit(before, after)`` is called (in a worker thread) after changes
+    committed through this service, after the change was answered: queued, run by one
+    background task, coalesced per route when changes queue up
+    (:class:`~router.flags.bookkeeping.Bookkeeper`); :meth:`settle` waits for it. Its
+    exceptions are logged, never fail the change. :meth:`seed` does not call it: seeding
+    is the config at start, run by every replica, not a change someone made.
     ``default_rollback(adapter_id)`` names the rollback target the registry's model card
     records for an adapter (or None): :meth:`rollback` uses it when the route has no
     rollback target, and :meth:`seed` fills in routes that name none.
@@ -88,8 +99,13 @@ class RouteService:
         self._prepare = prepare
         self._replicas = replicas
         self._apply_timeout_s = apply_timeout_s
-        self._on_commit = on_commit
+        self._bookkeeper = Bookkeeper(on_commit) if on_commit is not None else None
         self._default_rollback = default_rollback
+
+    async def settle(self) -> None:
+        """Wait until the ``on_commit`` record of every change made so far is written."""
+        if self._bookkeeper is not None:
+            await self._bookkeeper.settle()
 
     async def seed(self, states: dict[str, RouteState]) -> None:
         """Create the routes of ``states`` that do not exist yet (the routes file at start);
@@ -101,10 +117,12 @@ class RouteService:
         exist already keep their stored state and are not checked.
         """
         new = {r: s for r, s in states.items() if self.store.get(r) is None}
+        await self.store.seed(await asyncio.to_thread(self._checked_seed, new))
+
+    def _checked_seed(self, new: dict[str, RouteState]) -> dict[str, RouteState]:
         if self._known is not None:
             check_route_adapters(new, self._known())
-        filled = {r: self._with_default_rollback(s) for r, s in new.items()}
-        await self.store.seed(filled)
+        return {r: self._with_default_rollback(s) for r, s in new.items()}
 
     def _with_default_rollback(self, state: RouteState) -> RouteState:
         if state.rollback_target is not None:
@@ -129,14 +147,6 @@ class RouteService:
                         "retired; ignored", adapter_id, target)
             return None
         return target
-
-    def _notify(self, before: RouteState | None, after: RouteState) -> None:
-        if self._on_commit is None:
-            return
-        try:
-            self._on_commit(before, after)
-        except Exception:  # bookkeeping after the fact never fails the change
-            log.exception("on_commit hook failed for %s v%s", after.route, after.version)
 
     # reads
     def routes(self) -> list[RouteState]:
@@ -222,25 +232,35 @@ class RouteService:
                 f"route {route!r} is at version {current.version}, not {expected_version}",
                 route=route, expected=expected_version, found=current.version,
             )
-        new = _evolve(current, {**build(current), "updated_by": actor, "reason": reason})
+        changes = {"updated_by": actor, "reason": reason}
+        new = await asyncio.to_thread(self._plan, current, action, build, changes)
         added = new.referenced_adapters() - current.referenced_adapters()
-        if action != "rollback":  # a rollback only reuses what the route holds: never blocked
-            self._check_known(added | new.serving_adapters())
         t0 = time.perf_counter()
         if added and self._prepare is not None:
             await self._prepare(added)
         t1 = time.perf_counter()
         async with self._watch(route) as watch:
             committed = await self.store.put(new, current.version, action)
-            t2 = time.perf_counter()
+            t2, committed_at = time.perf_counter(), datetime.now(UTC)
             applied = None
             if watch is not None:
                 applied = await watch.wait(
                     committed.version, since=t2, timeout_s=self._apply_timeout_s
                 )
-        if self._on_commit is not None:  # after the wait: it must not delay the flip
-            await asyncio.to_thread(self._notify, current, committed)
-        return ChangeResult(committed, action, (t1 - t0) * 1e3, (t2 - t1) * 1e3, applied)
+        if self._bookkeeper is not None:  # after the answer: it must not delay the flip
+            self._bookkeeper.submit(current, committed)
+        return ChangeResult(committed, action, (t1 - t0) * 1e3, (t2 - t1) * 1e3, applied,
+                            committed_at)
+
+    def _plan(
+        self, current: RouteState, action: str, build: Build, changes: dict[str, Any]
+    ) -> RouteState:
+        """The new state, checked (worker thread: ``build`` and the check read cards)."""
+        new = _evolve(current, {**build(current), **changes})
+        if action != "rollback":  # a rollback only reuses what the route holds: never blocked
+            added = new.referenced_adapters() - current.referenced_adapters()
+            self._check_known(added | new.serving_adapters())
+        return new
 
     def _check_known(self, adapters: set[str]) -> None:
         if not adapters or self._known is None:
@@ -258,6 +278,51 @@ class RouteService:
             return
         async with self._replicas.watch_applied(route) as watch:
             yield watch
+
+    # --- the drift guard (router.drift): its policy, and its containment action ---------
+
+    async def set_guard(
+        self, route: str, guard: GuardPolicy | None, *, actor: str, reason: str, **kw: Any
+    ) -> ChangeResult:
+        """Set the route's drift guard policy (None removes it), versioned and audited."""
+
+        def build(cur: RouteState) -> dict[str, Any]:
+            return {"guard": guard}
+
+        return await self._change(route, "set-guard", build, actor, reason, **kw)
+
+    async def contain(
+        self, route: str, adapter: str, *, actor: str, reason: str, expected_version: int
+    ) -> ChangeResult:
+        """Take ``adapter`` out of the route's traffic with a compare-and-set on
+        ``expected_version`` (``VersionConflict`` when the route moved on): a canary or
+        shadow naming it is cleared and live stays; if it is live, live becomes the rollback
+        target (the route's, else its model card's) and splits naming that target are
+        dropped. Recorded as a ``rollback``. ``RouteChangeRefused`` when ``adapter`` serves
+        no traffic on the route, or is live with no rollback target."""
+
+        def build(cur: RouteState) -> dict[str, Any]:
+            changes: dict[str, Any] = {
+                arm: None for arm in ("canary", "shadow")
+                if (split := getattr(cur, arm)) is not None and split.adapter == adapter
+            }
+            if cur.live == adapter:
+                target = cur.rollback_target or self._card_rollback(cur.live)
+                if target is None:
+                    raise RouteChangeRefused(
+                        f"route {cur.route!r}: no rollback target for {adapter}", route=route
+                    )
+                changes.update(live=target, rollback_target=None)
+                for arm in ("canary", "shadow"):
+                    split = getattr(cur, arm)
+                    if split is not None and split.adapter == target:
+                        changes[arm] = None
+            _refuse_if(not changes, f"{adapter} serves no traffic on route {cur.route!r}")
+            return changes
+
+        return await self._change(
+            route, "rollback", build, actor, reason, expected_version=expected_version
+        )
 
 
 def _rollback(cur: RouteState) -> dict[str, Any]:

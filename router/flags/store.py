@@ -1,6 +1,7 @@
-"""The route store interface. Implementations: ``memory`` (embedded) and ``redis``.
+"""The route store interface. Implementations: ``sqlite`` (the embedded default: durable,
+one process), ``redis`` (shared by replicas) and ``memory`` (in-process, for tests).
 
-Both pass the same contract suite (tests/flags/test_store_contract.py).
+All pass the same contract suite (tests/flags/test_store_contract.py).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class RouteStore(abc.ABC):
       ``fn`` must be quick and thread-safe: the Redis store calls it from its listener
       thread (hop to an event loop with ``loop.call_soon_threadsafe``).
     - ``audit(route)`` lists committed changes, oldest first.
+    - Durability: ``sqlite`` and ``redis`` (as far as Redis persists) keep state and audit
+      across a restart of this process; ``memory`` does not.
     """
 
     @abc.abstractmethod

@@ -27,6 +27,7 @@ class ChangeOut(BaseModel):
     prepare_ms: float
     commit_ms: float
     applied: AppliedOut | None
+    committed_at: datetime | None = None  # when the store acknowledged the write (wall clock)
 
     @classmethod
     def of(cls, result: ChangeResult) -> ChangeOut:
@@ -43,6 +44,7 @@ class ChangeOut(BaseModel):
             prepare_ms=result.prepare_ms,
             commit_ms=result.commit_ms,
             applied=applied,
+            committed_at=result.committed_at,
         )
 
 

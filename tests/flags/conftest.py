@@ -7,12 +7,14 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
 
 from router.flags.memory import MemoryRouteStore
 from router.flags.redis_store import RedisRouteStore
+from router.flags.sqlite_store import SqliteRouteStore
 from router.flags.state import RouteState, Split
 from router.flags.store import RouteStore
 from tests.conftest import free_port, require
@@ -28,11 +30,13 @@ def canary_state(percent: float = 10) -> RouteState:
     )
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[RouteStore]:
-    """Each backend in turn, started; Redis on the flushed test db."""
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RouteStore]:
+    """Each backend in turn, started; SQLite in a fresh file; Redis on the flushed test db."""
     if request.param == "memory":
         s: RouteStore = MemoryRouteStore()
+    elif request.param == "sqlite":
+        s = SqliteRouteStore(tmp_path / "flags" / "routes.db")
     else:
         url = request.getfixturevalue("redis_url")
         s = RedisRouteStore(url, resync_s=0.5)

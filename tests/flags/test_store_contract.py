@@ -1,4 +1,4 @@
-"""The route-store contract, run against every backend (memory and real Redis)."""
+"""The route-store contract, run against every backend (memory, SQLite and real Redis)."""
 
 from __future__ import annotations
 
@@ -110,4 +110,4 @@ async def test_two_concurrent_writers_exactly_one_wins(store: RouteStore) -> Non
 async def test_health_reports_connected(store: RouteStore) -> None:
     health = store.health()
     assert health.connected is True
-    assert health.backend in {"memory", "redis"}
+    assert health.backend in {"memory", "sqlite", "redis"}

@@ -40,6 +40,7 @@ def _status(home: Home, adapter: str) -> str:
 async def test_retire_refused_while_an_in_process_route_serves_it(copy_home: Home) -> None:
     svc = await _gateway_service(copy_home)
     await svc.canary(ROUTE, V2, 10, **KW)  # only in the gateway's memory, not routes.yaml
+    await svc.settle()  # the cards are written after the change's answer
     assert V2 not in copy_home.routes_file.read_text()
     assert _status(copy_home, V2) == "canary"
     result = cli(copy_home, "retire", V2, "--reason", "superseded")
@@ -52,10 +53,12 @@ async def test_retire_refused_while_an_in_process_route_serves_it(copy_home: Hom
     assert _status(copy_home, V2) == "canary"
 
     await svc.promote(ROUTE, **KW)  # v2 live (in memory only; routes.yaml still says v1)
+    await svc.settle()  # the cards are written after the change's answer
     result = cli(copy_home, "retire", V2, "--reason", "superseded")
     assert result.exit_code == 2 and f"{V2} is live on a route" in result.output
 
     await svc.rollback(ROUTE, actor="gw-test", reason="f1 dropped")  # live := v1
+    await svc.settle()  # the cards are written after the change's answer
     assert _status(copy_home, V2) == "registered"
     result = cli(copy_home, "retire", V2, "--reason", "superseded")
     assert result.exit_code == 0, result.output
