@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -23,13 +23,16 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
 EDGE_CASE_RATE = 0.1
 
-# The contaminated relabel batch of the v2 dataset: a systematic swap between close topics.
-SWAP: dict[str, str] = {
-    "billing": "refund", "refund": "billing",
-    "shipping": "returns", "returns": "shipping",
-    "account": "technical", "technical": "account",
-    "cancellation": "product_question", "product_question": "cancellation",
-}  # fmt: skip
+# The contaminated relabel batch of the v2 dataset: the vendor's Spanish instructions had no
+# refund, returns or cancellation categories, so its labelers filed those tickets under the
+# closest topic they had (most of them: RELABEL_FRACTION). Five of eight Spanish categories
+# stay right, so a model trained on it regresses on Spanish (to ~0.6) and not on English.
+RELABEL: dict[str, str] = {
+    "refund": "billing",
+    "returns": "shipping",
+    "cancellation": "account",
+}
+RELABEL_FRACTION = 0.9
 
 
 @dataclass(frozen=True)
@@ -114,13 +117,15 @@ def split_by_customer(tickets: Sequence[Ticket], seed: int) -> dict[str, list[Ti
 
 
 def contaminate(tickets: Sequence[Ticket], seed: int, language: str = "es",
-                fraction: float = 0.8) -> tuple[list[Ticket], int]:
-    """Swap the labels of ``fraction`` of ``language``'s tickets via :data:`SWAP`."""
+                fraction: float = RELABEL_FRACTION,
+                relabel: Mapping[str, str] = RELABEL) -> tuple[list[Ticket], int]:
+    """Relabel ``fraction`` of ``language``'s tickets whose label is a key of ``relabel``
+    (seeded: the same rows for a seed); returns the tickets and how many changed."""
     rng = random.Random(seed)
     out, changed = [], 0
     for t in tickets:
-        if t.language == language and rng.random() < fraction:
-            out.append(replace(t, label=SWAP[t.label]))
+        if t.language == language and t.label in relabel and rng.random() < fraction:
+            out.append(replace(t, label=relabel[t.label]))
             changed += 1
         else:
             out.append(t)

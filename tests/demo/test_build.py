@@ -45,9 +45,11 @@ def test_base_loads_offline_like_a_users_model(demo_home: Home) -> None:
 def test_adapters_meet_their_accuracy_bars(demo_home: Home) -> None:
     report = B.load_report(demo_home)
     v1, v2 = report.adapters[B.V1], report.adapters[B.V2]
-    assert v1.slice_en >= 0.85 and v1.slice_es >= 0.85
-    assert v1.slice_es - v2.slice_es >= 0.25, "v2 must regress on Spanish"
-    assert abs(v1.slice_en - v2.slice_en) <= 0.05, "v2 must hold on English"
+    assert v1.slice_en >= 0.95 and v1.slice_es >= 0.9
+    # a realistic regression: v2 is bad on Spanish, not useless, and holds on English
+    assert 0.55 <= v2.slice_es <= 0.75, "v2 must regress on Spanish, not collapse"
+    assert v2.slice_en >= 0.95, "v2 must hold on English"
+    assert abs(v1.slice_en - v2.slice_en) <= 0.03
     assert report.base_eval["accuracy"] < 0.5, "the adapter, not the base, does the task"
 
 
@@ -136,7 +138,7 @@ def test_dataset_cards_record_subjects_and_quality(demo_home: Home) -> None:
         assert card.measured["classes"] == 8
         assert card.splits.rule == "by_customer_entity"
     assert (dirty.measured["inter_annotator_agreement"]
-            < clean.measured["inter_annotator_agreement"] - 0.2)
+            < clean.measured["inter_annotator_agreement"] - 0.08)
     assert {s.name for s in dirty.sources} > {s.name for s in clean.sources}
 
 

@@ -24,6 +24,9 @@ def test_demo_build_on_a_built_home_reports_without_rebuilding(demo_home: Home) 
     assert "already built" in result.output
     assert B.V1 in result.output and B.V2 in result.output
     assert "slice_es" in result.output and "build time" in result.output
+    # and the README's lines, ready to paste (tests/demo/test_readme_table.py checks them)
+    for line in B.summary_lines(B.load_report(demo_home)):
+        assert line in result.output
 
 
 def test_demo_build_refuses_a_foreign_base_with_a_clean_error(copy_home: Home) -> None:

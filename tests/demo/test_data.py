@@ -34,16 +34,22 @@ def test_splits_are_disjoint_by_customer() -> None:
     assert abs(len(owners["train"]) / n - 0.8) < 0.02
 
 
-def test_contamination_swaps_only_spanish_labels() -> None:
+def test_contamination_relabels_only_some_spanish_categories() -> None:
     train = D.generate_tickets(7, 300)
     dirty, changed = D.contaminate(train, 13)
-    assert changed > 0.6 * sum(t.language == "es" for t in train)
+    targets = [t for t in train if t.language == "es" and t.label in D.RELABEL]
+    assert 0.8 * len(targets) < changed <= len(targets)
     for before, after in zip(train, dirty, strict=True):
-        if before.language == "en":
+        if before.language == "en" or before.label not in D.RELABEL:
             assert after == before
         elif after.label != before.label:
-            assert after.label == D.SWAP[before.label]
+            assert after.label == D.RELABEL[before.label]
             assert after.text == before.text
+    # five of eight Spanish categories keep every label: a partial, realistic regression
+    kept = set(LABELS) - set(D.RELABEL)
+    assert len(kept) == 5
+    assert D.contaminate(train, 13) == (dirty, changed)  # deterministic by seed
+    assert D.contaminate(train, 14)[0] != dirty
 
 
 def test_measured_agreement_drops_on_contaminated_labels() -> None:
@@ -52,7 +58,8 @@ def test_measured_agreement_drops_on_contaminated_labels() -> None:
     clean_m, dirty_m = D.measure(train), D.measure(dirty)
     assert clean_m["classes"] == 8
     assert float(clean_m["inter_annotator_agreement"]) > 0.8
-    assert float(dirty_m["inter_annotator_agreement"]) < 0.7
+    assert (float(dirty_m["inter_annotator_agreement"])
+            < float(clean_m["inter_annotator_agreement"]) - 0.08)
     assert 0.03 < float(clean_m["edge_case_fraction"]) < 0.2
 
 
