@@ -57,8 +57,9 @@ test: install
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check router adapters registry tests bench scripts
-	$(BIN)/mypy
+	$(BIN)/ruff check ground registry adapters training router demo tests bench scripts
+	$(BIN)/python scripts/typecheck.py
+	$(BIN)/lint-imports
 
 # the venv and this checkout's demo home; never a home named by LORA_ROUTER_HOME
 clean:

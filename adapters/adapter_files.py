@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from registry.errors import AdapterIncompatible, AdapterNotFound
+from lora_router.ground.errors import AdapterIncompatible, AdapterNotFound
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -45,6 +45,8 @@ _REFUSED_SET = (
 )
 
 LinearShapes = Mapping[str, tuple[int, int]]  # module name -> (in_features, out_features)
+# reads the weights file; raises SafetensorError, OSError or ValueError when it cannot
+TensorLoader = Callable[[Path], Mapping[str, torch.Tensor]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,30 @@ class AdapterWeights:
     alpha: float
     target_modules: tuple[str, ...]  # short module names, e.g. ("q_proj", "v_proj")
     modules: dict[str, LoraModule]
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class RawModule:
+    """One target Linear's tensors as stored: ``a [r, in]``, ``b [out, r]``
+    (the update is ``y += x a^T b^T * scaling``)."""
+
+    name: str
+    a: torch.Tensor
+    b: torch.Tensor
+    rank: int
+    scaling: float
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedAdapter:
+    """A validated adapter, tensors untouched (converting them is the loader's business)."""
+
+    path: Path
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    modules: dict[str, RawModule]
     size_bytes: int
 
 
@@ -162,7 +188,8 @@ def _module_weights(
     cfg: Mapping[str, Any],
     shapes: LinearShapes,
     max_rank: int,
-) -> LoraModule:
+    check_finite: bool = True,
+) -> RawModule:
     if name not in shapes:
         raise _incompatible(path, f"module {name!r} is not a Linear module of the base")
     if set(ab) != {"A", "B"}:
@@ -179,25 +206,33 @@ def _module_weights(
         )
     if r > max_rank:
         raise _incompatible(path, f"module {name!r} rank {r} exceeds max_lora_rank {max_rank}")
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        raise _incompatible(path, f"module {name!r} has non-finite weights")
+    if check_finite and not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise non_finite(path, name)
     alpha = float(_pattern_value(cfg.get("alpha_pattern") or {}, name, cfg.get("lora_alpha", 8)))
     scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    a32, b32 = a.to(torch.float32), b.to(torch.float32)
-    return LoraModule(
-        name=name,
-        a=a32.t().contiguous(),
-        b=(b32.t() * scaling).contiguous(),
-        rank=r,
-        scaling=scaling,
-    )
+    return RawModule(name=name, a=a, b=b, rank=r, scaling=scaling)
 
 
-def read_adapter(path: Path, shapes: LinearShapes, max_rank: int) -> AdapterWeights:
-    """Load and validate the adapter at ``path``.
+def non_finite(path: Path, module: str) -> AdapterIncompatible:
+    return _incompatible(path, f"module {module!r} has non-finite weights")
+
+
+def _load_cpu(weights_path: Path) -> Mapping[str, torch.Tensor]:
+    return load_file(str(weights_path), device="cpu")
+
+
+def read_checked(
+    path: Path,
+    shapes: LinearShapes,
+    max_rank: int,
+    loader: TensorLoader = _load_cpu,
+    check_finite: bool = True,
+) -> CheckedAdapter:
+    """Load and validate the adapter at ``path``, keeping its tensors as stored.
 
     Raises ``AdapterNotFound`` (no directory / files) or ``AdapterIncompatible`` (anything
-    that does not fit the base: options, modules, shapes, rank), naming the module and shapes.
+    that does not fit the base: options, modules, shapes, rank, non-finite weights unless
+    ``check_finite`` is off and the caller checks them), naming the module and shapes.
     """
     path = Path(path)
     if not path.is_dir():
@@ -207,19 +242,44 @@ def read_adapter(path: Path, shapes: LinearShapes, max_rank: int) -> AdapterWeig
     _targets_in_base(path, cfg, shapes)
     weights_path = path / WEIGHTS_FILE
     try:
-        tensors = load_file(str(weights_path), device="cpu")
+        tensors = loader(weights_path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise _incompatible(path, f"unreadable {WEIGHTS_FILE}: {exc}") from exc
     grouped = _group_tensors(path, tensors)
     modules = {
-        name: _module_weights(path, name, ab, cfg, shapes, max_rank)
+        name: _module_weights(path, name, ab, cfg, shapes, max_rank, check_finite)
         for name, ab in sorted(grouped.items())
     }
-    return AdapterWeights(
+    return CheckedAdapter(
         path=path,
         rank=max(m.rank for m in modules.values()),
         alpha=float(cfg.get("lora_alpha", 8)),
         target_modules=tuple(sorted({n.rsplit(".", 1)[-1] for n in modules})),
         modules=modules,
         size_bytes=weights_path.stat().st_size,
+    )
+
+
+def read_adapter(path: Path, shapes: LinearShapes, max_rank: int) -> AdapterWeights:
+    """:func:`read_checked`, with each module's update as float32 ``a [in, r]`` / ``b [r, out]``
+    (scaling folded into ``b``). The engine loads :func:`adapters.packing.read_packed` instead.
+    """
+    checked = read_checked(path, shapes, max_rank)
+    modules = {}
+    for name, m in checked.modules.items():
+        a32, b32 = m.a.to(torch.float32), m.b.to(torch.float32)
+        modules[name] = LoraModule(
+            name=name,
+            a=a32.t().contiguous(),
+            b=(b32.t() * m.scaling).contiguous(),
+            rank=m.rank,
+            scaling=m.scaling,
+        )
+    return AdapterWeights(
+        path=checked.path,
+        rank=checked.rank,
+        alpha=checked.alpha,
+        target_modules=checked.target_modules,
+        modules=modules,
+        size_bytes=checked.size_bytes,
     )

@@ -7,7 +7,9 @@ two batches) and :meth:`Decoder.prune` (drop finished rows, trim all-padding col
 :class:`MicroBatcher` runs it on one worker thread: requests wait up to ``batch_wait_ms``
 (or until ``max_batch_size``) when idle, and join the running batch between decode steps
 otherwise. Adapter mutations (callables sent with :meth:`MicroBatcher.call`) run on the
-same thread between steps, so they never race a forward pass.
+same thread between steps, so they never race a forward pass. The batcher drives any
+:class:`DecodeLoop`: this eager :class:`Decoder`, or the static-shape one of
+:mod:`adapters.static_decode` (CUDA graphs), which reuses the eager prefill.
 
 Engine seconds (cost accounting): the wall time of each forward pass (a prefill or a decode
 step, sampling and token bookkeeping included) is split equally among the rows it computed
@@ -28,19 +30,53 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from adapters.decoding import Codec, Row, fail_alone, sample_tokens
-from adapters.slots import SlotBank, SlotPlan
-from registry.errors import EngineError, EngineOverloaded, LoraRouterError
+from lora_router.adapters.decoding import Codec, Row, fail_alone, sample_tokens
+from lora_router.adapters.slots import SlotBank, SlotPlan
+from lora_router.ground.errors import EngineError, EngineOverloaded, LoraRouterError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class HasRows(Protocol):
+    @property
+    def rows(self) -> list[Row]: ...
+
+
+BatchT = TypeVar("BatchT", bound=HasRows)
+
+
+class DecodeLoop(Protocol[BatchT]):
+    """What :class:`MicroBatcher` needs from a decoder (worker thread only)."""
+
+    @property
+    def busy_s(self) -> float: ...
+
+    def prepare(self) -> None:
+        """Once, before serving: allocate and capture whatever the loop needs."""
+
+    def prefill(self, rows: list[Row]) -> RunningBatch:
+        """Run the prompts of ``rows``; each row has its first token (or is done)."""
+
+    def merge(self, running: BatchT | None, new: RunningBatch) -> BatchT | None:
+        """The running batch with ``new``'s unfinished rows added."""
+
+    def step(self, batch: BatchT) -> None: ...
+
+    def prune(self, batch: BatchT) -> BatchT | None:
+        """Drop finished rows; None when none is left."""
+
+    def finish(self, rows: Sequence[Row]) -> None: ...
+
+    def run_all(self, rows: list[Row]) -> None:
+        """Decode ``rows`` together to completion, between steps of the running batch."""
 
 
 @dataclass(eq=False)
@@ -100,7 +136,7 @@ class SlabLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         return self.length
 
 
-def _slab_cache(
+def slab_cache(
     capacity: int, kvs: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()
 ) -> DynamicCache:
     cache = DynamicCache()
@@ -115,7 +151,7 @@ def _capacity(rows: Sequence[Row], width: int) -> int:
     return width + min(remaining, 256) + 1
 
 
-def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def kv_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     out = []
     for layer in cache.layers:
         k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
@@ -143,10 +179,13 @@ class Decoder:
         self.eos_ids, self.pad_id = eos_ids, pad_id
         self.device = next(model.parameters()).device
         params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.busy_s = 0.0  # seconds spent in forward passes (the sum of rows' engine_s)
 
-    def _charge(self, rows: Sequence[Row], started: float) -> None:
+    def prepare(self) -> None:
+        pass  # nothing to allocate ahead: the cache grows with each batch
+
+    def charge(self, rows: Sequence[Row], started: float) -> None:
         """Split one pass's wall time equally among the rows it computed."""
         spent = time.perf_counter() - started
         self.busy_s += spent
@@ -157,11 +196,11 @@ class Decoder:
     def _forward(self, plan: SlotPlan, **kwargs: Any) -> torch.Tensor:
         self.bank.use(plan)
         cache = kwargs.pop("kv")
-        out = self.model(**kwargs, **{self._cache_kw: cache}, use_cache=True)
+        out = self.model(**kwargs, **{self.cache_kw: cache}, use_cache=True)
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits
 
-    def _choose(self, rows: Sequence[Row], logits: torch.Tensor) -> torch.Tensor:
+    def choose(self, rows: Sequence[Row], logits: torch.Tensor) -> list[int]:
         """Sample and take each row's next token; a row that fails here fails alone (it is
         ``done``, so the next :meth:`prune` drops it before another forward pass)."""
         tokens, probs = sample_tokens(rows, logits)
@@ -171,6 +210,9 @@ class Decoder:
                     row.accept(tok, p, self.eos_ids, self.codec)
                 except Exception as exc:  # this row's text or sink: not its batch mates'
                     fail_alone(row, f"engine failure: {exc}", exc)
+        return tokens
+
+    def _tokens(self, tokens: list[int]) -> torch.Tensor:
         return torch.tensor(tokens, dtype=torch.long, device=self.device)
 
     def prefill(self, rows: list[Row]) -> RunningBatch:
@@ -186,12 +228,12 @@ class Decoder:
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         plan = self.bank.make_plan([r.slot for r in rows])
-        cache = _slab_cache(_capacity(rows, width))
+        cache = slab_cache(_capacity(rows, width))
         logits = self._forward(
             plan, input_ids=ids, attention_mask=mask, position_ids=pos, kv=cache, logits_to_keep=1
         )
-        last = self._choose(rows, logits)
-        self._charge(rows, started)
+        last = self._tokens(self.choose(rows, logits))
+        self.charge(rows, started)
         return RunningBatch(rows, cache, mask, mask.sum(-1), last, plan)
 
     def step(self, b: RunningBatch) -> None:
@@ -205,8 +247,14 @@ class Decoder:
             kv=b.cache,
         )
         b.next_pos = b.next_pos + 1
-        b.last = self._choose(b.rows, logits)
-        self._charge(b.rows, started)
+        b.last = self._tokens(self.choose(b.rows, logits))
+        self.charge(b.rows, started)
+
+    def merge(self, running: RunningBatch | None, new: RunningBatch) -> RunningBatch | None:
+        pruned = self.prune(new)
+        if pruned is None:
+            return running
+        return pruned if running is None else self.join(running, pruned)
 
     def join(self, a: RunningBatch, b: RunningBatch) -> RunningBatch:
         """Stack two batches (left-padding the shorter cache), rows grouped by slot."""
@@ -217,7 +265,7 @@ class Decoder:
                 torch.cat([_left_pad(ka, width - la, 2), _left_pad(kb, width - lb, 2)]),
                 torch.cat([_left_pad(va, width - la, 2), _left_pad(vb, width - lb, 2)]),
             )
-            for (ka, va), (kb, vb) in zip(_kv(a.cache), _kv(b.cache), strict=True)
+            for (ka, va), (kb, vb) in zip(kv_tensors(a.cache), kv_tensors(b.cache), strict=True)
         ]
         rows = a.rows + b.rows
         mask = torch.cat([_left_pad(a.mask, width - la, 1), _left_pad(b.mask, width - lb, 1)])
@@ -238,7 +286,7 @@ class Decoder:
             return None
         if len(keep) == len(b.rows):
             return b
-        return self._select(b.rows, _kv(b.cache), b.mask, b.next_pos, b.last, keep)
+        return self._select(b.rows, kv_tensors(b.cache), b.mask, b.next_pos, b.last, keep)
 
     def _select(
         self,
@@ -255,7 +303,7 @@ class Decoder:
         lead = int(torch.argmax(mask.any(0).to(torch.int8)))
         kept = [rows[i] for i in keep]
         width = mask.shape[1] - lead
-        cache = _slab_cache(
+        cache = slab_cache(
             _capacity(kept, width),
             [
                 (k.index_select(0, idx)[:, :, lead:], v.index_select(0, idx)[:, :, lead:])
@@ -298,17 +346,17 @@ class BatchLimits:
     max_queue: int = 1024
 
 
-class MicroBatcher:
+class MicroBatcher(Generic[BatchT]):
     """The engine's single worker thread: continuous batching plus serialised mutations."""
 
-    def __init__(self, decoder: Decoder, limits: BatchLimits) -> None:
+    def __init__(self, decoder: DecodeLoop[BatchT], limits: BatchLimits) -> None:
         self.decoder, self.limits = decoder, limits
         self._cv = threading.Condition()
         self._pending: deque[tuple[float, Row]] = deque()
         self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         # slot, deadline, called on the worker once drained, resolved after that call
         self._drains: list[tuple[int, float, Callable[[], None], Future[None]]] = []
-        self._batch: RunningBatch | None = None
+        self._batch: BatchT | None = None
         self._inflight = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -432,19 +480,14 @@ class MicroBatcher:
     def _admit(self, rows: list[Row]) -> None:
         new = self.decoder.prefill(rows)
         self._after_step(new)
-        new_pruned = self.decoder.prune(new)
-        if new_pruned is None:
-            return
-        self._batch = (
-            new_pruned if self._batch is None else self.decoder.join(self._batch, new_pruned)
-        )
+        self._batch = self.decoder.merge(self._batch, new)
 
-    def _step(self, batch: RunningBatch) -> None:
+    def _step(self, batch: BatchT) -> None:
         self.decoder.step(batch)
         self._after_step(batch)
         self._batch = self.decoder.prune(batch)
 
-    def _after_step(self, batch: RunningBatch) -> None:
+    def _after_step(self, batch: HasRows) -> None:
         # No longer counted in flight before the caller hears back, so it may submit again.
         self._retire([r for r in batch.rows if r.done])
         self.decoder.finish(batch.rows)

@@ -16,8 +16,13 @@ from typing import Any, Protocol
 
 import torch
 
-from adapters.engine import FinishReason, GenerationRequest, GenerationResult, SamplingParams
-from registry.errors import EngineError, LoraRouterError
+from lora_router.adapters.engine import (
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+)
+from lora_router.ground.errors import EngineError, LoraRouterError
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,11 @@
 """The engine interface: one pinned base model, resident LoRA adapters, batched generation.
 
-Implementations: :mod:`adapters.peft_engine` (embedded, torch + transformers, LoRA applied
-from per-layer slot tensors, peft used for the adapter format and as the oracle) and
-:mod:`adapters.vllm_engine` (GPU, optional). The gateway depends on this module only.
+Implementations: :mod:`lora_router.adapters.peft_engine` (embedded, torch + transformers, LoRA
+applied from per-layer slot tensors, peft used for the adapter format and as the oracle),
+:mod:`lora_router.adapters.vllm_engine` (vLLM's ``AsyncLLM`` in-process on a CUDA host; the
+optional ``vllm`` extra) and :mod:`lora_router.adapters.remote` (backend servers over HTTP).
+The gateway depends on this module only. Every implementation runs the one contract suite in
+``tests/engine/contract/`` (greedy outputs equal peft's).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length"]
 
@@ -132,6 +135,11 @@ class Engine(abc.ABC):
     async def generate_batch(
         self, requests: Sequence[GenerationRequest]
     ) -> list[GenerationResult]: ...
+
+    def backends(self) -> list[dict[str, Any]] | None:
+        """An out-of-process engine's backends (``url``, ``up``, ``reason``, ``in_flight``,
+        ``adapters``), for readiness; None for an engine that runs in this process."""
+        return None
 
     def saturated(self) -> bool:
         """A cheap, lock-free hint: True when a new request would wait for batch room.

@@ -1,40 +1,58 @@
-"""Build the engine the settings ask for (the embedded one; vLLM is an optional extra)."""
+"""Build the engine an :class:`EngineSpec` names: ``embedded`` (torch, in process),
+``remote`` (backend servers speaking vLLM's OpenAI protocol, :mod:`adapters.remote`) or
+``vllm`` (an optional extra).
+
+The spec is the engine layer's own configuration: the router builds it from its settings
+(:func:`lora_router.router.engine_spec.engine_spec`), so nothing here reads them.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from adapters.engine import Engine
-from adapters.peft_engine import EmbeddedEngine, EngineConfig
-from registry.errors import ConfigError
-from registry.home import Home
-
-if TYPE_CHECKING:  # router depends on adapters, not the reverse
-    from router.settings import Settings
+from lora_router.adapters.engine import Engine
+from lora_router.adapters.peft_engine import EmbeddedEngine, EngineConfig
+from lora_router.adapters.remote import RemoteConfig, RemoteEngine
+from lora_router.ground.errors import ConfigError
+from lora_router.ground.home import Home
 
 
-def engine_config(settings: Settings) -> EngineConfig:
-    return EngineConfig(
-        max_batch_size=settings.max_batch_size,
-        batch_wait_ms=settings.batch_wait_ms,
-        max_lora_rank=settings.max_lora_rank,
-        max_adapters=settings.max_adapters,
-        max_queue=settings.max_queue,
-        request_timeout_s=settings.request_timeout_s,
-        device=settings.device,
-        dtype=settings.dtype,
-        torch_threads=settings.torch_threads,
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine to build (``embedded`` | ``remote`` | ``vllm``) and each one's knobs."""
+
+    kind: str = "embedded"
+    config: EngineConfig = field(default_factory=EngineConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
+
+
+def _embedded(spec: EngineSpec, home: Home) -> Engine:
+    return EmbeddedEngine.from_home(home, spec.config)
+
+
+def _remote(spec: EngineSpec, home: Home) -> Engine:
+    return RemoteEngine.from_home(home, spec.remote)
+
+
+def _vllm(spec: EngineSpec, home: Home) -> Engine:
+    raise ConfigError(
+        "engine 'vllm' is not installed here; install the `vllm` extra on a "
+        "GPU host, or use the embedded engine"
     )
 
 
-def build_engine(settings: Settings, home: Home) -> Engine:
-    """Load the pinned base from ``home`` (``BaseModelMismatch`` if its files changed)."""
-    kind = getattr(settings, "engine", "embedded")
-    if kind == "vllm":
-        raise ConfigError(
-            "engine 'vllm' is not installed here; install the `vllm` extra on a "
-            "GPU host, or use the embedded engine"
-        )
-    if kind != "embedded":
-        raise ConfigError(f"unknown engine {kind!r} (expected 'embedded')")
-    return EmbeddedEngine.from_home(home, engine_config(settings))
+BUILDERS: dict[str, Callable[[EngineSpec, Home], Engine]] = {
+    "embedded": _embedded,
+    "remote": _remote,
+    "vllm": _vllm,
+}
+
+
+def build_engine(spec: EngineSpec, home: Home) -> Engine:
+    """Build the engine on ``home``'s pinned base (``BaseModelMismatch`` if its files
+    changed; a remote engine checks its backends' bases when it starts)."""
+    builder = BUILDERS.get(spec.kind)
+    if builder is None:
+        raise ConfigError(f"unknown engine {spec.kind!r} (expected one of {', '.join(BUILDERS)})")
+    return builder(spec, home)

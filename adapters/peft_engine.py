@@ -15,18 +15,17 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from adapters.adapter_files import linear_shapes, read_adapter
-from adapters.base_pin import verify_base
-from adapters.batcher import BatchLimits, Decoder, MicroBatcher
-from adapters.decoding import Codec, Row
-from adapters.engine import (
+from lora_router.adapters.adapter_files import linear_shapes
+from lora_router.adapters.batcher import BatchLimits, DecodeLoop, Decoder, MicroBatcher
+from lora_router.adapters.decoding import Codec, Row
+from lora_router.adapters.engine import (
     AdapterInfo,
     BaseInfo,
     Engine,
@@ -35,8 +34,10 @@ from adapters.engine import (
     SamplingParams,
     StreamChunk,
 )
-from adapters.slots import SlotBank, Strategy
-from registry.errors import (
+from lora_router.adapters.packing import read_packed
+from lora_router.adapters.slots import SlotBank, Strategy
+from lora_router.adapters.static_decode import StaticDecoder, static_unsupported
+from lora_router.ground.errors import (
     AdapterBusy,
     AdapterNotResident,
     ConfigError,
@@ -45,12 +46,14 @@ from registry.errors import (
     LoraRouterError,
     NoFreeSlot,
 )
-from registry.home import Home
-from registry.ids import parse_adapter_id
+from lora_router.ground.home import Home
+from lora_router.ground.ids import parse_adapter_id
+from lora_router.registry.base_pin import verify_base
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _MAX_STOPS = 8
+_PREPARE_TIMEOUT_S = 900.0  # allocating the static cache and capturing every CUDA graph
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,15 @@ class EngineConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     torch_threads: int | None = None
     mixed_strategy: Strategy = "auto"  # segment on CPU, cat on CUDA (adapters.slots)
+    # On CUDA, decode steps replay CUDA graphs over a static cache (adapters.static_decode);
+    # ignored on CPU.
+    cuda_graphs: bool = True
+    # The static-shape decode path: None = on CUDA when cuda_graphs, off on CPU; True on CPU
+    # runs the same static steps eagerly (how the tests check them without a GPU).
+    static_decode: bool | None = None
+    # Static decoding preallocates this many cache columns per batch row; it caps the
+    # context window (BaseInfo.max_context) while static decoding is on.
+    static_max_len: int = 4096
 
 
 def resolve_device(device: str) -> torch.device:
@@ -73,6 +85,12 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda was requested but no CUDA device is available")
     return torch.device(device)
+
+
+def wants_static(config: EngineConfig, device: torch.device) -> bool:
+    if config.static_decode is not None:
+        return config.static_decode
+    return device.type == "cuda" and config.cuda_graphs
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -158,14 +176,25 @@ class EmbeddedEngine(Engine):
         self._bank = SlotBank(
             model, config.max_adapters, config.max_lora_rank, config.mixed_strategy
         )
-        self._batcher = MicroBatcher(
-            Decoder(
-                model.eval(),
-                self._codec,
-                self._bank,
-                _eos_ids(model, tokenizer),
-                _pad_id(tokenizer),
-            ),
+        decoder = Decoder(
+            model.eval(), self._codec, self._bank, _eos_ids(model, tokenizer), _pad_id(tokenizer)
+        )
+        self._loop: DecodeLoop[Any] = decoder
+        if wants_static(config, self._device):
+            if config.static_max_len < 1:
+                raise ConfigError(f"static_max_len must be >= 1, got {config.static_max_len}")
+            why = static_unsupported(model)
+            if why is not None:
+                log.warning("static decoding is off for this base: %s", why)
+            else:
+                self.base = replace(
+                    base, max_context=min(base.max_context, config.static_max_len)
+                )
+                self._loop = StaticDecoder(
+                    decoder, config.max_batch_size, self.base.max_context, config.cuda_graphs
+                )
+        self._batcher: MicroBatcher[Any] = MicroBatcher(
+            self._loop,
             BatchLimits(config.max_batch_size, config.batch_wait_ms, config.max_queue),
         )
         self._resident: dict[str, AdapterInfo] = {}
@@ -205,6 +234,16 @@ class EmbeddedEngine(Engine):
 
     async def start(self) -> None:
         self._batcher.start()
+        await self._await(
+            self._batcher.call(self._loop.prepare), _PREPARE_TIMEOUT_S, "preparing to decode"
+        )
+
+    @property
+    def decode_mode(self) -> str:
+        """``eager``, ``static`` (static shapes, run eagerly) or ``cuda_graphs``."""
+        if isinstance(self._loop, StaticDecoder):
+            return "cuda_graphs" if self._loop.graphs else "static"
+        return "eager"
 
     async def close(self) -> None:
         await asyncio.to_thread(self._batcher.stop, self.config.request_timeout_s)
@@ -232,9 +271,10 @@ class EmbeddedEngine(Engine):
                     raise NoFreeSlot(f"all {self.config.max_adapters} adapter slots are taken")
             t0 = time.perf_counter()
             timeout = self.config.request_timeout_s
+            # validated, packed into one buffer and (CUDA) uploaded off the worker thread
             weights = await self._await(
                 asyncio.to_thread(
-                    read_adapter, Path(path), self._shapes, self.config.max_lora_rank
+                    read_packed, Path(path), self._shapes, self.config.max_lora_rank, self._device
                 ),
                 timeout,
                 f"reading adapter {adapter_id}",

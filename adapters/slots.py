@@ -15,7 +15,15 @@ forward. Per plan, each layer picks:
   or ``"bmm"`` (gather ``A``/``B`` per row + two ``bmm``).
 
 All three are exact (same maths; only float summation order differs). Loading copies an
-adapter's weights into a free slot; unloading zeroes it. Nothing else changes.
+adapter's weights into a free slot; unloading zeroes it (a free slot is all zeros, so a load
+only writes its adapter's ranks). Nothing else changes.
+
+Static decoding (:mod:`adapters.static_decode`, replayed as CUDA graphs) cannot branch on the
+plan, so :meth:`SlotBank.use_static` switches every layer to one fixed-shape path instead:
+``x @ A`` for all ``S+1`` slots at once (one batched matmul), each row's columns of the other
+slots filled with 0, then one ``addmm`` with ``B`` viewed as ``[(S+1) * rmax, out]``. Its cost
+does not depend on how the rows mix adapters, and it reads the slot tensors from fixed storage,
+so loads and unloads (in-place copies) are seen by graphs captured before them.
 """
 
 from __future__ import annotations
@@ -29,8 +37,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from adapters.adapter_files import AdapterWeights
-from registry.errors import NoFreeSlot
+from lora_router.adapters.adapter_files import AdapterWeights
+from lora_router.adapters.packing import PackedAdapter
+from lora_router.ground.errors import NoFreeSlot
 
 Strategy = Literal["auto", "cat", "bmm", "segment"]
 _plan_keys = itertools.count(1)
@@ -57,6 +66,8 @@ class SlotContext:
     strategy: Strategy = "cat"
     plan: SlotPlan | None = None
     version: int = 0  # bumped on every slot change; invalidates per-layer caches
+    # static decoding: [S+1, B, 1], True where row b does NOT use slot s (see use_static)
+    static_other: torch.Tensor | None = None
 
 
 _Apply = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -75,17 +86,35 @@ class SlotLinear(nn.Module):
         self.ranks = [0] * (ctx.num_slots + 1)
         self._cache: dict[tuple[int, int], _Apply | None] = {}
 
-    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor) -> None:
-        w = self.base_layer.weight
+    def allocate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The slot tensors, made (zeroed) on first use; never reallocated afterwards."""
         if self.lora_a is None or self.lora_b is None:
+            w = self.base_layer.weight
             n, r = self.ctx.num_slots + 1, self.ctx.max_rank
             self.lora_a = torch.zeros(n, self.in_features, r, dtype=w.dtype, device=w.device)
             self.lora_b = torch.zeros(n, r, self.out_features, dtype=w.dtype, device=w.device)
+        return self.lora_a, self.lora_b
+
+    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Load ``a [in, r]`` / ``b [r, out]`` (scaling already folded into ``b``)."""
+        lora_a, lora_b = self.allocate()
         rank = a.shape[1]
-        self.lora_a[slot].zero_()
-        self.lora_b[slot].zero_()
-        self.lora_a[slot, :, :rank].copy_(a)
-        self.lora_b[slot, :rank, :].copy_(b)
+        lora_a[slot].zero_()
+        lora_b[slot].zero_()
+        lora_a[slot, :, :rank].copy_(a)
+        lora_b[slot, :rank, :].copy_(b)
+        self.ranks[slot] = rank
+
+    def load_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
+        """Load tensors as stored, ``a [r, in]`` / ``b [out, r]``, into a free (all-zero) slot.
+
+        The same float32 arithmetic as :func:`read_adapter` (``b^T * scaling`` in float32,
+        then one rounding to the slot dtype), done by the copies themselves: two kernels.
+        """
+        lora_a, lora_b = self.allocate()
+        rank = a.shape[0]
+        lora_a[slot, :, :rank].copy_(a.t())
+        torch.mul(b.t().to(torch.float32), scaling, out=lora_b[slot, :rank, :])
         self.ranks[slot] = rank
 
     def clear_slot(self, slot: int) -> None:
@@ -96,6 +125,8 @@ class SlotLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y: torch.Tensor = self.base_layer(x)
+        if self.ctx.static_other is not None:
+            return self._static(x, y, self.ctx.static_other)
         plan = self.ctx.plan
         if plan is None or not plan.active:
             return y
@@ -106,6 +137,17 @@ class SlotLinear(nn.Module):
             self._cache[key] = self._prepare(plan)
         apply = self._cache[key]
         return y if apply is None else apply(x, y)
+
+    def _static(self, x: torch.Tensor, y: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        if self.lora_a is None or self.lora_b is None:  # no adapter ever targeted this layer
+            return y
+        x2 = x.reshape(-1, self.in_features)  # [B, in]: one token per row
+        xa = torch.matmul(x2, self.lora_a)  # [S+1, B, rmax]
+        # filled, not multiplied: another slot's overflow (inf * 0 = NaN) stays out of the row
+        xa.masked_fill_(other, 0)
+        flat = xa.transpose(0, 1).reshape(x2.shape[0], -1)  # [B, (S+1) * rmax]
+        y.view(-1, self.out_features).addmm_(flat, self.lora_b.view(-1, self.out_features))
+        return y
 
     def _prepare(self, plan: SlotPlan) -> _Apply | None:
         local = [s for s in plan.active if self.ranks[s] > 0]
@@ -233,20 +275,29 @@ class SlotBank:
             self.modules[name] = wrapped
         self._owner: dict[int, str] = {}  # slot -> adapter id
         self._device = next(model.parameters()).device
+        self._slot_range = torch.arange(num_slots + 1, device=self._device)
 
     def free_slots(self) -> list[int]:
         return [s for s in range(1, self.ctx.num_slots + 1) if s not in self._owner]
 
     @torch.inference_mode()
-    def install(self, adapter_id: str, weights: AdapterWeights) -> int:
-        """Copy an adapter into a free slot and return the slot; ``NoFreeSlot`` when full."""
+    def install(self, adapter_id: str, weights: AdapterWeights | PackedAdapter) -> int:
+        """Copy an adapter into a free slot and return the slot; ``NoFreeSlot`` when full.
+
+        A :class:`PackedAdapter` uploaded on a side stream is waited for on the GPU only.
+        """
         free = self.free_slots()
         if not free:
             raise NoFreeSlot(f"all {self.ctx.num_slots} adapter slots are taken; unload one first")
         slot = free[0]
         try:
-            for name, mod in weights.modules.items():
-                self.modules[name].set_slot(slot, mod.a, mod.b)
+            if isinstance(weights, PackedAdapter):
+                weights.bind_to_current_stream()
+                for e, a, b in weights.modules():
+                    self.modules[e.name].load_slot(slot, a, b, e.scaling)
+            else:
+                for name, mod in weights.modules.items():
+                    self.modules[name].set_slot(slot, mod.a, mod.b)
         except Exception:
             self._clear(slot)
             raise
@@ -278,3 +329,20 @@ class SlotBank:
     def use(self, plan: SlotPlan | None) -> None:
         """Make ``plan`` the one every wrapped Linear reads on the next forwards."""
         self.ctx.plan = plan
+        self.ctx.static_other = None
+
+    def use_static(self, slot_ids: torch.Tensor | None) -> None:
+        """Switch every layer to the fixed-shape path for rows with ``slot_ids [B]`` (a device
+        tensor, read when the forward runs), or to the base alone (``None``)."""
+        self.ctx.plan = None
+        self.ctx.static_other = (
+            None
+            if slot_ids is None
+            else (self._slot_range[:, None] != slot_ids[None, :])[:, :, None]
+        )
+
+    def preallocate(self) -> None:
+        """Make every layer's slot tensors now: a CUDA graph captured later reads only the
+        storage that existed when it was captured."""
+        for mod in self.modules.values():
+            mod.allocate()

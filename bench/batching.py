@@ -162,8 +162,13 @@ class Runs:
 
 
 async def _bench(args: argparse.Namespace, log: logging.Logger) -> dict[str, Any]:
-    from adapters.engine import BaseInfo, GenerationRequest, SamplingParams
-    from adapters.peft_engine import EmbeddedEngine, EngineConfig, resolve_device, resolve_dtype
+    from lora_router.adapters.engine import BaseInfo, GenerationRequest, SamplingParams
+    from lora_router.adapters.peft_engine import (
+        EmbeddedEngine,
+        EngineConfig,
+        resolve_device,
+        resolve_dtype,
+    )
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

@@ -3,7 +3,7 @@ dropped on every gateway replica, over real HTTP, Redis and PostgreSQL.
 
 Starts a throwaway ``redis-server`` (or uses ``--redis-url``), a fresh PostgreSQL schema in
 ``--database-url`` (dropped at the end) and ``--replicas`` ``lora-router serve`` processes in
-Redis mode sharing that inference log (:mod:`bench.cluster`; each on a private copy of
+Redis mode sharing that inference log (:mod:`tests.harness.cluster`; each on a private copy of
 ``--home``, so nothing is written into it). Each replica runs the drift runtime; one holds
 the Redis lease and runs the monitor and the guard, every ``--interval`` seconds
 (``LORA_ROUTER_DRIFT_INTERVAL_S``; the gateway's default is 1.0).
@@ -53,7 +53,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cluster import AppliedRecorder, Cluster
+from tests.harness.cluster import AppliedRecorder, Cluster
 
 V1, V2 = "support-triage@v1", "support-triage@v2"
 SOURCE = "support-triage"
@@ -125,8 +125,8 @@ def pg_schema(base_url: str) -> Any:
 
 
 def tickets(demo: Path) -> list[dict[str, str]]:
-    from registry.home import Home
-    from registry.store import RegistryStore
+    from lora_router.ground.home import Home
+    from lora_router.registry.store import RegistryStore
 
     home = Home.at(demo)
     path = home.dataset_dir(RegistryStore(home).get_model_card(V1).trained_on) / "test.jsonl"
@@ -149,7 +149,7 @@ async def start_canary(http: httpx.AsyncClient, route: str, args: argparse.Names
 async def serve_one(http: httpx.AsyncClient, route: str, ticket: dict[str, str],
                     key: str) -> tuple[str, int, float]:
     """One request and its ground truth; (request id, flag version, feedback answered)."""
-    from router.demo.task import format_prompt, parse_label
+    from lora_router.demo.task import format_prompt, parse_label
 
     r = await http.post("/v1/completions", json={
         "model": route, "prompt": format_prompt(ticket["text"]), "max_tokens": 5,
@@ -187,7 +187,7 @@ async def drive(clients: list[httpx.AsyncClient], route: str, pool: list[dict[st
 async def measure(trial: Trial, answered: dict[str, float], db_url: str,
                   admin: httpx.AsyncClient, recorder: AppliedRecorder,
                   replicas: list[str]) -> None:
-    from router.drift.pg_store import PostgresDriftStore
+    from lora_router.router.drift.pg_store import PostgresDriftStore
 
     store = PostgresDriftStore(db_url)
     await store.open()

@@ -40,11 +40,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from router.drift.events import LogRow  # noqa: E402
-from router.drift.policy import GuardPolicy  # noqa: E402
-from router.drift.quality import StreamQuality  # noqa: E402
-from router.drift.stats import two_proportion_z  # noqa: E402
-from router.log.sink import percentile  # noqa: E402
+from lora_router.router.drift.events import LogRow  # noqa: E402
+from lora_router.router.drift.policy import GuardPolicy  # noqa: E402
+from lora_router.router.drift.quality import StreamQuality  # noqa: E402
+from lora_router.router.drift.stats import two_proportion_z  # noqa: E402
+from lora_router.router.log.sink import percentile  # noqa: E402
 
 SLICE = "language=es"
 _T0 = datetime(2026, 11, 1, tzinfo=UTC)

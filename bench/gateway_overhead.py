@@ -57,8 +57,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters.engine import GenerationRequest, SamplingParams  # noqa: E402
-from router.demo.task import format_prompt  # noqa: E402
+from lora_router.adapters.engine import GenerationRequest, SamplingParams  # noqa: E402
+from lora_router.demo.task import format_prompt  # noqa: E402
 
 TICKET = "I was charged twice for my subscription this month, please refund the duplicate"
 
@@ -174,7 +174,7 @@ def free_port() -> int:
 
 
 def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "router.cli.main", "serve", "--home", str(home),
+    cmd = [sys.executable, "-m", "lora_router.router.cli.main", "serve", "--home", str(home),
            "--port", str(port), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
@@ -271,10 +271,11 @@ async def measure(args: argparse.Namespace, direct: Call, http: Call, server_pid
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from adapters.factory import build_engine
-    from registry.home import Home
-    from router.flags.state import load_routes_file
-    from router.settings import Settings
+    from lora_router.adapters.factory import build_engine
+    from lora_router.ground.home import Home
+    from lora_router.router.engine_spec import engine_spec
+    from lora_router.router.flags.state import load_routes_file
+    from lora_router.router.settings import Settings
 
     home = Home.at(args.home)
     settings = Settings(home=home.root, torch_threads=args.torch_threads)
@@ -282,7 +283,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     prompt = format_prompt(args.ticket)
     params = SamplingParams(max_tokens=args.max_tokens)
 
-    engine = build_engine(settings, home)
+    engine = build_engine(engine_spec(settings), home)
     await engine.start()
     await engine.load_adapter(adapter, home.adapter_dir(adapter))
     gc.freeze()  # as the gateway does after start: no full collections rescanning the model

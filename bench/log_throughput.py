@@ -49,10 +49,10 @@ from typing import Any
 
 import psycopg
 
-from router.log.factory import build_log_writer
-from router.log.record import InferenceRecord
-from router.log.writer import LogWriter
-from router.settings import Settings
+from lora_router.router.log.factory import build_log_writer
+from lora_router.router.log.record import InferenceRecord
+from lora_router.router.log.writer import LogWriter
+from lora_router.router.settings import Settings
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/test"
 PROMPT = "Hi, my order ORD-{n} has not arrived yet; please email me at ana{n}@example.com"
@@ -180,7 +180,7 @@ def _free_port() -> int:
 
 
 def _routes(home: Path) -> dict[str, Any]:
-    from router.flags.state import load_routes_file
+    from lora_router.router.flags.state import load_routes_file
 
     return load_routes_file(home / "routes.yaml")
 
@@ -191,7 +191,7 @@ async def serve(settings: Settings, recorder: Switch) -> AsyncIterator[None]:
     ``recorder``; the writer is started before and drained after."""
     import uvicorn
 
-    from router.app import create_app
+    from lora_router.router.app import create_app
 
     await recorder.writer.start()
     app = create_app(settings, recorder=recorder)

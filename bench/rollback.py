@@ -3,7 +3,7 @@
 Starts a throwaway ``redis-server`` (or uses ``--redis-url``), ``--replicas`` ``lora-router
 serve`` processes in Redis mode (each on a private copy of ``--home``, so nothing is written
 into it), and closed-loop load over all of them from a separate process
-(:mod:`bench.cluster`). Then it performs ``--preflips`` unmeasured route changes back to
+(:mod:`tests.harness.cluster`). Then it performs ``--preflips`` unmeasured route changes back to
 back (so the route's audit and the model cards' history are long, as after weeks of
 changes), then ``--flips`` measured ones ``--interval-ms`` apart, either as the on-call
 does (``--via admin``, the default: ``POST /admin/routes/...`` on the first gateway, which
@@ -65,7 +65,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.cluster import (  # noqa: E402
+from tests.harness.cluster import (  # noqa: E402
     ROUTE,
     AppliedRecorder,
     Cluster,
@@ -138,8 +138,8 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def other_adapter(home: Path, route: str, live: str, wanted: str | None) -> str:
-    from registry.home import Home
-    from router.flags.factory import home_known_adapters
+    from lora_router.ground.home import Home
+    from lora_router.router.flags.factory import home_known_adapters
 
     if wanted:
         return wanted
@@ -236,8 +236,8 @@ async def flipper(args: argparse.Namespace, cluster: Cluster
 
 def card_moves(home: Path, route_live: str, other: str) -> int:
     """Status moves recorded in the two adapters' model cards (their history)."""
-    from registry.home import Home
-    from registry.store import RegistryStore
+    from lora_router.ground.home import Home
+    from lora_router.registry.store import RegistryStore
 
     store = RegistryStore(Home.at(home))
     return sum(len(store.get_model_card(x).history) for x in (route_live, other))

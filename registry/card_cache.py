@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import threading
 
-from registry.cards import ModelCard
-from registry.errors import AdapterNotFound
-from registry.home import Home
-from registry.store import RegistryStore
+from lora_router.ground.errors import AdapterNotFound
+from lora_router.ground.home import Home
+from lora_router.registry.cards import ModelCard
+from lora_router.registry.store import RegistryStore
 
 _Key = tuple[int, int, int]
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from registry.ids import check_card_id, parse_adapter_id
+from lora_router.ground.ids import check_card_id, parse_adapter_id
 
 LifecycleStatus = Literal["registered", "shadow", "canary", "live", "retired"]
 
@@ -76,7 +76,7 @@ class SubjectManifest(_Card):
 
 class DatasetCard(_Card):
     id: str
-    hash: str  # sha256 over the exact bytes of ``files`` (registry.hashing.tree_hash)
+    hash: str  # sha256 over the exact bytes of ``files`` (ground.hashing.tree_hash)
     files: dict[str, str] = Field(default_factory=dict)  # relpath under data/<id>/ -> sha256
     sources: list[DataSource]
     consent_basis: str
@@ -118,7 +118,7 @@ class ArtifactRef(_Card):
     """A file derived from a card's lineage (e.g. a drift baseline), bound by its hash."""
 
     path: str  # relative to the home (registry/baselines/<id>.json)
-    sha256: str  # registry.hashing.sha256_file of the file's bytes
+    sha256: str  # ground.hashing.sha256_file of the file's bytes
 
 
 class ModelCard(_Card):

@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from registry.cards import DatasetCard, ModelCard, RunManifest
-from registry.errors import RegistryError
-from registry.home import Home
-from registry.store import RegistryStore
+from lora_router.ground.errors import RegistryError
+from lora_router.ground.home import Home
+from lora_router.registry.cards import DatasetCard, ModelCard, RunManifest
+from lora_router.registry.store import RegistryStore
 
 _SLICE = "slice_"
 

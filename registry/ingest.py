@@ -9,11 +9,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from registry.cards import Method
-from registry.errors import RegistryError
-from registry.hashing import file_hashes
-from registry.home import Home
-from registry.subjects import subject_manifest
+from lora_router.ground.errors import RegistryError
+from lora_router.ground.hashing import file_hashes
+from lora_router.ground.home import Home
+from lora_router.registry.cards import Method
+from lora_router.registry.subjects import subject_manifest
 
 __all__ = ["import_dataset_dir", "method_from_adapter_config", "subject_manifest",
            "subjects_by_split", "subjects_in_files"]

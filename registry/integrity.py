@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from adapters.base_pin import read_lock
-from registry.cards import ArtifactRef, DatasetCard, ModelCard, RunManifest
-from registry.errors import AdapterIntegrityError, AdapterNotFound, AdapterRetired
-from registry.hashing import file_hashes, sha256_file, tree_hash
-from registry.home import Home
-from registry.store import RegistryStore
+from lora_router.ground.errors import AdapterIntegrityError, AdapterNotFound, AdapterRetired
+from lora_router.ground.hashing import file_hashes, sha256_file, tree_hash
+from lora_router.ground.home import Home
+from lora_router.registry.base_pin import read_lock
+from lora_router.registry.cards import ArtifactRef, DatasetCard, ModelCard, RunManifest
+from lora_router.registry.store import RegistryStore
 
 # Files that change what an adapter computes. peft also writes a README.md (and
 # `registry export-hf` rewrites it): notes are not part of the adapter's identity.

@@ -5,8 +5,7 @@ immutable: re-registering an id with other bytes, or a retired id, is refused. S
 ``registered -> shadow -> canary -> live -> retired`` (stages may be skipped, and a demoted
 adapter may move back among the non-retired ones); ``retired`` is terminal and is entered
 only when nothing references the adapter. Keeping the status in step with the routes, and
-the model card's rollback target for the route service, live in :mod:`registry.route_status`
-(re-exported here: :func:`sync_route_status`, :func:`card_rollback_target`).
+the model card's rollback target for the route service, live in :mod:`router.flags.route_status`.
 """
 
 from __future__ import annotations
@@ -16,8 +15,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from adapters.base_pin import read_lock
-from registry.cards import (
+from lora_router.ground.errors import (
+    AdapterNotFound,
+    AdapterReferenced,
+    AdapterRetired,
+    RegistryError,
+)
+from lora_router.ground.hashing import file_hashes, tree_hash
+from lora_router.ground.home import Home
+from lora_router.registry.base_pin import read_lock
+from lora_router.registry.cards import (
     BaseModelRef,
     Checkpoint,
     DatasetCard,
@@ -30,23 +37,18 @@ from registry.cards import (
     StatusChange,
     SubjectManifest,
 )
-from registry.errors import AdapterNotFound, AdapterReferenced, AdapterRetired, RegistryError
-from registry.hashing import file_hashes, tree_hash
-from registry.home import Home
-from registry.ingest import (
+from lora_router.registry.ingest import (
     import_dataset_dir,
     method_from_adapter_config,
     subject_manifest,
     subjects_in_files,
 )
-from registry.integrity import adapter_file_hashes, checkpoint_hash
-from registry.route_status import card_rollback_target, sync_route_status
-from registry.service import Routes, load_routes, route_refs
-from registry.store import RegistryStore, registry_lock
+from lora_router.registry.integrity import adapter_file_hashes, checkpoint_hash
+from lora_router.registry.questions import Routes, load_routes, route_refs
+from lora_router.registry.store import RegistryStore, registry_lock
 
 __all__ = [
     "assert_routable",
-    "card_rollback_target",
     "import_dataset_dir",
     "method_from_adapter_config",
     "references",
@@ -59,7 +61,6 @@ __all__ = [
     "set_status",
     "subject_manifest",
     "subjects_in_files",
-    "sync_route_status",
 ]
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from adapters.base_pin import compute_base_hash, read_lock
-from registry.cards import DatasetCard, ModelCard, RunManifest
-from registry.errors import LoraRouterError, RegistryError
-from registry.home import Home
-from registry.integrity import (
+from lora_router.ground.errors import LoraRouterError, RegistryError
+from lora_router.ground.home import Home
+from lora_router.registry.base_pin import compute_base_hash, read_lock
+from lora_router.registry.cards import DatasetCard, ModelCard, RunManifest
+from lora_router.registry.integrity import (
     Problem,
     check_adapter_files,
     check_artifact,
@@ -22,8 +22,8 @@ from registry.integrity import (
     check_dataset_files,
     compare_files,
 )
-from registry.service import Routes, load_routes
-from registry.store import RegistryStore
+from lora_router.registry.questions import Routes, load_routes
+from lora_router.registry.store import RegistryStore
 
 T = TypeVar("T")
 

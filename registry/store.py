@@ -25,9 +25,15 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from registry.cards import DatasetCard, LifecycleStatus, ModelCard, RunManifest, StatusChange
-from registry.errors import AdapterNotFound, RegistryError, RegistryLocked
-from registry.home import Home
+from lora_router.ground.errors import AdapterNotFound, RegistryError, RegistryLocked
+from lora_router.ground.home import Home
+from lora_router.registry.cards import (
+    DatasetCard,
+    LifecycleStatus,
+    ModelCard,
+    RunManifest,
+    StatusChange,
+)
 
 T = TypeVar("T", bound=BaseModel)
 log = logging.getLogger(__name__)

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from registry.cards import SubjectManifest
-from registry.errors import RegistryError
-from registry.hashing import salted_hash
-from registry.home import Home
+from lora_router.ground.errors import RegistryError
+from lora_router.ground.hashing import salted_hash
+from lora_router.ground.home import Home
+from lora_router.registry.cards import SubjectManifest
 
 KEY_ENV = "LORA_ROUTER_SUBJECT_KEY"
 KEY_FILE = ".subject_key"

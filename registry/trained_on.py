@@ -17,13 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from registry.cards import DatasetCard, ModelCard
-from registry.errors import RecordNotFound, RegistryError
-from registry.home import Home
-from registry.service import RouteRef, Routes, load_routes, route_refs
-from registry.store import RegistryStore
-from registry.subjects import match_subject
-from registry.training_use import REACHED, RunUse, SplitUse, adapter_run_use
+from lora_router.ground.errors import RecordNotFound, RegistryError
+from lora_router.ground.home import Home
+from lora_router.registry.cards import DatasetCard, ModelCard
+from lora_router.registry.questions import RouteRef, Routes, load_routes, route_refs
+from lora_router.registry.store import RegistryStore
+from lora_router.registry.subjects import match_subject
+from lora_router.registry.training_use import REACHED, RunUse, SplitUse, adapter_run_use
 
 SplitHit = tuple[str | None, SplitUse]  # (split holding the records or None: unrecorded, use)
 

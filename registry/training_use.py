@@ -5,7 +5,7 @@ A split is named as a subject manifest names it: the data file's path without it
 says which file the gradient updates came from (``train_file`` / ``train_files``) and which
 files, if any, were used to stop early or to pick the checkpoint kept (``val_file``,
 ``validation_file``, ``eval_file``, ``dev_file``, ``selection_file``). The project's trainer
-(``adapters.training``) reads ``train_file`` only: it has no early stopping and no checkpoint
+(``training.lora``) reads ``train_file`` only: it has no early stopping and no checkpoint
 selection. A run whose manifest cannot be read, or whose config names no training file,
 is counted as having used every split (the conservative answer), and says so.
 """
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from registry.cards import ModelCard, RunManifest
-from registry.errors import LoraRouterError
-from registry.store import RegistryStore
+from lora_router.ground.errors import LoraRouterError
+from lora_router.registry.cards import ModelCard, RunManifest
+from lora_router.registry.store import RegistryStore
 
 # weights: its records updated the weights; selection: used for early stopping or
 # checkpoint selection only; unused: the run never read it; unknown: the records cannot

@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from adapters.base_pin import read_lock
-from adapters.engine import Engine
-from registry.cards import ModelCard
-from registry.errors import LoraRouterError, ModelNotFound
-from registry.home import Home
-from registry.ids import is_adapter_id
-from registry.store import RegistryStore
-from router.flags.state import RouteState, Split
-from router.flags.store import RouteStore
+from lora_router.adapters.engine import Engine
+from lora_router.ground.errors import LoraRouterError, ModelNotFound
+from lora_router.ground.home import Home
+from lora_router.ground.ids import is_adapter_id
+from lora_router.registry.base_pin import read_lock
+from lora_router.registry.cards import ModelCard
+from lora_router.registry.store import RegistryStore
+from lora_router.router.flags.state import RouteState, Split
+from lora_router.router.flags.store import RouteStore
 
 OWNER = "lora-router"
 Model = dict[str, Any]

@@ -1,9 +1,9 @@
 """Request size limits, from :class:`~router.settings.Settings`, checked before any work.
 
-A request larger than a limit is refused with :class:`~registry.errors.LimitExceeded` (413)
+A request larger than a limit is refused with :class:`~ground.errors.LimitExceeded` (413)
 whose message names the limit, its value and the setting that changes it: body and header
 sizes at the ASGI boundary (:mod:`router.api.middleware`), prompt characters before the
-prompt is rendered or tokenised (:mod:`router.service`), admin ``reason``/``actor`` before a
+prompt is rendered or tokenised (:mod:`router.completions`), admin ``reason``/``actor`` before a
 change is made (:mod:`router.api.admin`).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from registry.errors import LimitExceeded
-from router.settings import Settings
+from lora_router.ground.errors import LimitExceeded
+from lora_router.router.settings import Settings
 
 
 def setting_name(field: str) -> str:

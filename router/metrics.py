@@ -37,13 +37,13 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from adapters.engine import Engine
-from registry.home import Home
-from registry.ids import is_adapter_id
-from router.flags.state import RouteState
-from router.flags.store import StoreHealth
-from router.log import metrics as log_metrics
-from router.log.record import InferenceRecord
+from lora_router.adapters.engine import Engine
+from lora_router.ground.home import Home
+from lora_router.ground.ids import is_adapter_id
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.store import StoreHealth
+from lora_router.router.log import metrics as log_metrics
+from lora_router.router.log.record import InferenceRecord
 
 log = logging.getLogger(__name__)
 

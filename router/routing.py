@@ -14,9 +14,10 @@ import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from router.flags import metrics
-from router.flags.state import Arm, RouteState
-from router.flags.store import RouteStore
+from lora_router.router.flags import metrics
+from lora_router.router.flags.policy_text import PolicyText, policy_label
+from lora_router.router.flags.state import Arm, RouteState
+from lora_router.router.flags.store import RouteStore
 
 Missing = Callable[[Iterable[str]], set[str]]
 _HISTORY = 8  # earlier versions kept per route to fall back on while loading
@@ -42,6 +43,14 @@ class Decision:
     adapter_id: str | None  # None = plain base
     flag_version: int | None
     shadow_adapter: str | None = None  # also send a background copy here
+    policy: PolicyText | None = None  # the route's policy text, applied to the prompt
+
+    @property
+    def policy_version(self) -> str | None:
+        """``support-triage/policy@3``: the log's ``policy_version``, ``x-policy-version``."""
+        if self.policy is None or self.route is None:
+            return None
+        return policy_label(self.route, self.policy.version)
 
 
 def choose(state: RouteState, key: str) -> Decision:
@@ -55,7 +64,9 @@ def choose(state: RouteState, key: str) -> Decision:
         _BUCKETS / 100
     ):
         shadow = state.shadow.adapter if state.shadow.adapter != adapter else None
-    return Decision(state.route, arm, adapter, state.version, shadow)  # type: ignore[arg-type]
+    return Decision(  # every arm, the shadow copy too, is served under the route's policy
+        state.route, arm, adapter, state.version, shadow, state.policy  # type: ignore[arg-type]
+    )
 
 
 class ServingRoutes:

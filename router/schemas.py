@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from registry.errors import InvalidRequest
+from lora_router.ground.errors import InvalidRequest
 
 DEFAULT_MAX_TOKENS = 16
 MAX_STOP_SEQUENCES = 4

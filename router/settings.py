@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     replica_id: str | None = None  # default: hostname-pid
 
     # engine
+    # embedded: torch in this process; remote: backend servers speaking vLLM's OpenAI
+    # protocol (vLLM, or `lora-router serve --engine-api`); vllm: the GPU extra
+    engine: Literal["embedded", "remote", "vllm"] = "embedded"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_batch_size: int = Field(default=32, ge=1, le=1024)
@@ -64,6 +67,22 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=1024, ge=1)
     request_timeout_s: float = Field(default=60.0, gt=0)
     torch_threads: int | None = Field(default=None, ge=1)
+    # CUDA only: decode steps replayed from CUDA graphs over a static KV cache whose context
+    # is capped at static_max_len (adapters.static_decode); ignored on CPU
+    cuda_graphs: bool = True
+    static_max_len: int = Field(default=4096, ge=16, le=1_048_576)
+    # remote engine: the backends' base URLs (comma-separated in the environment)
+    engine_backends: Annotated[tuple[str, ...], NoDecode] = ()
+    engine_probe_interval_s: float = Field(default=1.0, gt=0, le=300)  # health + re-sync
+    engine_probe_timeout_s: float = Field(default=2.0, gt=0)
+    engine_connect_timeout_s: float = Field(default=2.0, gt=0)
+    engine_load_timeout_s: float = Field(default=120.0, gt=0)  # one adapter on one backend
+    engine_start_timeout_s: float = Field(default=120.0, ge=0)  # wait for a first backend
+    # the backends' `Authorization: Bearer` key (vLLM --api-key); `serve --engine-api`
+    # requires it from its clients when set
+    engine_api_key: SecretStr | None = None
+    # where the backends find <home>/adapters (a shared volume); default: the same path
+    engine_adapters_root: str | None = None
 
     # flags
     flags_resync_s: float = Field(default=5.0, gt=0)
@@ -97,6 +116,7 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=200_000, ge=1)  # checked before tokenising
     max_user_chars: int = Field(default=256, ge=1)  # `user` and the x-route-key header
     max_reason_chars: int = Field(default=1000, ge=1)  # admin `reason`
+    max_policy_chars: int = Field(default=20_000, ge=1, le=1_000_000)  # a route's policy text
     max_actor_chars: int = Field(default=128, ge=1)  # admin `actor` and its header
     # Python's GIL switch interval for `serve`: the flag listener thread otherwise waits up
     # to the default 5 ms for the GIL while the loop and the engine are busy
@@ -158,7 +178,26 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must be a postgresql:// URL (unset = embedded SQLite)")
         return v
 
-    @field_validator("admin_token", "api_key", "require_app_key", mode="before")
+    @field_validator("engine_backends", mode="before")
+    @classmethod
+    def _split_backends(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(u.strip() for u in v.split(",") if u.strip())
+        return v
+
+    @field_validator("engine_backends", mode="after")
+    @classmethod
+    def _check_backends(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for url in v:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"engine backend {url!r} must be an http:// or https:// URL")
+        urls = tuple(u.rstrip("/") for u in v)
+        if len(set(urls)) != len(urls):
+            raise ValueError("an engine backend is listed twice")
+        return urls
+
+    @field_validator("admin_token", "api_key", "require_app_key", "engine_api_key",
+                     "engine_adapters_root", mode="before")
     @classmethod
     def _empty_token(cls, v: object) -> object:
         return None if v == "" else v
@@ -175,6 +214,13 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return tuple(h.strip().lower() for h in v.split(",") if h.strip())
         return v
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> Settings:
+        if self.engine == "remote" and not self.engine_backends:
+            raise ValueError("engine=remote needs backends: set LORA_ROUTER_ENGINE_BACKENDS "
+                             "to a comma-separated list of their URLs")
+        return self
 
     @model_validator(mode="after")
     def _check_heartbeat(self) -> Settings:

@@ -1,6 +1,6 @@
 """Shadow copies: a served request, sent again to the route's shadow adapter in the background.
 
-:class:`BackgroundShadow` implements :class:`router.service.ShadowDispatcher`. Contract:
+:class:`BackgroundShadow` implements :class:`router.completions.ShadowDispatcher`. Contract:
 
 - ``submit`` returns at once and never raises. It either schedules the copy as an asyncio
   task on the running loop, or drops it. The copy is a new request (``<primary id>-shadow``,
@@ -14,7 +14,9 @@
   A dropped copy was never attempted, so it has no log row.
 - Every scheduled copy produces exactly one record through ``recorder`` (``build_record``
   with ``arm="shadow"``, ``parent_request_id`` = the primary's id, ``model_id`` = the shadow
-  adapter, the primary's route and flag version): status ``ok`` with its output, or
+  adapter, the primary's route, flag version and policy version, and its client prompt;
+  the copy sends the engine the primary's prompt, the route's policy applied): status
+  ``ok`` with its output, or
   ``error`` when the engine refused or failed it (not resident any more, overloaded,
   timed out after ``timeout_s``).
 - ``close()`` stops admitting copies, waits up to ``close_grace_s`` for the running ones,
@@ -29,14 +31,15 @@ import asyncio
 import logging
 import time
 from collections import Counter as Tally
+from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import Counter, Gauge
 
-from adapters.engine import GenerationRequest, GenerationResult
-from registry.errors import EngineTimeout
-from router.routing import Decision
-from router.service import Recorder, build_record
+from lora_router.adapters.engine import GenerationRequest, GenerationResult
+from lora_router.ground.errors import EngineTimeout
+from lora_router.router.completions import Recorder, build_record
+from lora_router.router.routing import Decision
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,17 @@ FINISHED = Counter(
     "lora_router_shadow_finished_total", "Shadow copies finished (and recorded)", ["status"]
 )
 INFLIGHT = Gauge("lora_router_shadow_inflight", "Shadow copies running now")
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """What a copy's record takes from its primary."""
+
+    parent_id: str
+    decision: Decision  # route, flag version and policy version: the primary's
+    route_key: str | None
+    subject: str | None
+    prompt: str  # the client's prompt (the copy's own is the primary's, policy applied)
 
 
 class ShadowCancelled(Exception):
@@ -102,6 +116,7 @@ class BackgroundShadow:
         route_key: str | None,
         *,
         subject: str | None = None,
+        prompt: str | None = None,
     ) -> None:
         """Schedule a copy of ``primary`` on ``decision.shadow_adapter``, or drop it."""
         try:
@@ -115,7 +130,9 @@ class BackgroundShadow:
                 f"{primary.request_id}-shadow", primary.prompt, adapter, primary.params,
                 prompt_ids=primary.prompt_ids,
             )
-            coro = self._run(copy, primary.request_id, decision, route_key, subject)
+            record = _Record(primary.request_id, decision, route_key, subject,
+                             primary.prompt if prompt is None else prompt)
+            coro = self._run(copy, record)
             task = asyncio.get_running_loop().create_task(coro, name=copy.request_id)
         except Exception:  # never fail the primary over its shadow
             log.exception("could not schedule the shadow copy of %s", primary.request_id)
@@ -149,14 +166,7 @@ class BackgroundShadow:
         INFLIGHT.dec()
 
     # -- the copy --------------------------------------------------------------------------
-    async def _run(
-        self,
-        copy: GenerationRequest,
-        parent_id: str,
-        decision: Decision,
-        route_key: str | None,
-        subject: str | None,
-    ) -> None:
+    async def _run(self, copy: GenerationRequest, of: _Record) -> None:
         started = time.perf_counter()
 
         def record(
@@ -164,17 +174,17 @@ class BackgroundShadow:
         ) -> None:
             rec = build_record(
                 request_id=copy.request_id,
-                prompt=copy.prompt,
+                prompt=of.prompt,
                 model_id=copy.adapter_id or self._base,
                 base_model_id=self._base,
-                decision=decision,
+                decision=of.decision,
                 started=started,
-                route_key=route_key,
+                route_key=of.route_key,
                 result=result,
                 error=error,
-                parent_request_id=parent_id,
+                parent_request_id=of.parent_id,
                 arm="shadow",
-                subject=subject,
+                subject=of.subject,
             )
             FINISHED.labels(rec.status).inc()
             try:

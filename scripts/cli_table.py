@@ -25,7 +25,7 @@ END = "<!-- /cli-table -->"
 AREAS: list[tuple[str, tuple[str, ...], str]] = [
     ("serving", ("serve", "demo", "base"), ""),
     ("route flags", ("routes", "route", "rollback", "canary", "shadow", "promote", "set-live",
-                     "audit"), "`--url URL` for a running gateway, else `REDIS_URL`"),
+                     "policy", "audit"), "`--url URL` for a running gateway, else `REDIS_URL`"),
     ("inference log", ("log", "feedback", "cost"), "`DATABASE_URL`, else the home's SQLite file"),
     ("lineage", ("registry",), ""),
     ("incidents and drift", ("incident", "drift", "guard"), ""),
@@ -37,7 +37,7 @@ def _root() -> Any:
     sys.path.insert(0, str(ROOT))
     from typer.main import get_command
 
-    from router.cli.main import app
+    from lora_router.router.cli.main import app
 
     return get_command(app)
 

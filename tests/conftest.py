@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import pytest
 
-from registry.home import Home
+from lora_router.ground.home import Home
 
 REDIS_URL = os.environ.get("LORA_ROUTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PG_URL = os.environ.get("LORA_ROUTER_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -102,7 +102,7 @@ def demo_build(tmp_path_factory: pytest.TempPathFactory) -> Home:
     no test can leave route state, log rows or card changes behind for another.
     ``LORA_ROUTER_TEST_DEMO_HOME`` reuses an existing build (local iteration only).
     """
-    from router.demo.build import build_demo
+    from lora_router.demo.build import build_demo
 
     reuse = os.environ.get("LORA_ROUTER_TEST_DEMO_HOME")
     if reuse:

@@ -28,48 +28,50 @@ one, or with a wrong or revoked one. With no key needed, ``Authorization`` is ig
 
 Without a key, a name the caller sends (body ``actor`` or the ``x-lora-router-actor``
 header) is not authenticated: the audit records it as a claim, ``"loopback (claimed: alice)"``.
+
+The rules themselves (:class:`~router.api.access_rules.AccessRules`: the admin rule, the key
+ring, whether ``/v1`` needs a key) are the gateway's, injected (``router.api.deps.access``).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import secrets
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import SecretStr
 
-from registry.errors import LoraRouterError
-from router.auth.errors import InsufficientRole, InvalidApiKey, MissingApiKey
-from router.auth.keys import ApiKey, looks_like_key
-from router.auth.ring import KeyRing
-from router.auth.roles import Role
-from router.settings import Settings
+from lora_router.router.api.access_rules import (
+    CREATE_HINT,
+    LOOPBACK_NAMES,
+    AccessRules,
+    AdminAccess,
+    AdminForbidden,
+    AdminUnauthorized,
+    bearer,
+)
+from lora_router.router.api.deps import AccessDep
+from lora_router.router.auth.errors import InsufficientRole, InvalidApiKey, MissingApiKey
+from lora_router.router.auth.keys import ApiKey, looks_like_key
+from lora_router.router.auth.ring import KeyRing
+from lora_router.router.auth.roles import Role
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
-_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
-_CREATE_HINT = "lora-router keys create --role {role} --name NAME"
-
-
-class AdminUnauthorized(LoraRouterError):
-    """An /admin call without the right bearer token, while the gateway has one set."""
-
-    status_code = 401
-    code = "unauthorized"
-
-
-class AdminForbidden(LoraRouterError):
-    """An /admin call refused: a non-loopback client with no token set, or a Host header
-    that is not one of this gateway's names (DNS rebinding)."""
-
-    status_code = 403
-    code = "forbidden"
+__all__ = [
+    "ANONYMOUS",
+    "LOOPBACK_NAMES",
+    "AdminAccess",
+    "AdminForbidden",
+    "AdminUnauthorized",
+    "Principal",
+    "actor_label",
+    "admin_principal",
+    "bearer",
+    "require_admin",
+    "require_app",
+    "require_oncall",
+    "require_role",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,77 +90,6 @@ class Principal:
 ANONYMOUS = Principal("anonymous", Role.APP)
 
 
-@dataclass(frozen=True, slots=True)
-class AdminAccess:
-    """The admin API's rule without keys (defaults: no token, loopback only, loopback names)."""
-
-    token: SecretStr | None = None
-    open_to_all: bool = False
-    allowed_hosts: frozenset[str] = LOOPBACK_NAMES
-    any_host: bool = False
-
-    @classmethod
-    def of(cls, settings: Settings) -> AdminAccess:
-        hosts = set(LOOPBACK_NAMES) | {h.lower() for h in settings.admin_allowed_hosts}
-        bound = settings.host.strip("[]").lower()
-        if bound in _WILDCARDS:  # bound to every interface: the machine's own names too
-            hosts.add(socket.gethostname().lower())
-        else:
-            hosts.add(bound)
-        if settings.public_url:
-            public = urlsplit(settings.public_url).hostname
-            if public:
-                hosts.add(public.lower())
-        return cls(
-            token=settings.admin_token,
-            open_to_all=settings.insecure_open_admin,
-            allowed_hosts=frozenset(hosts),
-            any_host="*" in hosts,
-        )
-
-    def keyless(self, request: Request) -> str:
-        """``open`` or ``loopback`` when no key and no token exist; 403 otherwise."""
-        if self.open_to_all:
-            return "open"
-        client = request.client.host if request.client is not None else None
-        if not _is_loopback(client) or any(h in request.headers for h in _PROXY_HEADERS):
-            raise AdminForbidden(
-                f"the admin API answers only loopback clients while no API key and no admin "
-                f"token exist (client {client}): create a key ("
-                f"{_CREATE_HINT.format(role='oncall')}) and send 'Authorization: Bearer "
-                "<key>', or set LORA_ROUTER_ADMIN_TOKEN on the gateway"
-            )
-        return "loopback"
-
-    def check_host(self, host_header: str | None) -> None:
-        if self.any_host:
-            return
-        host = _host_name(host_header or "")
-        if host not in self.allowed_hosts:
-            raise AdminForbidden(
-                f"Host {host_header!r} is not allowed for the admin API (allowed: "
-                f"{', '.join(sorted(self.allowed_hosts))}); add it to "
-                "LORA_ROUTER_ADMIN_ALLOWED_HOSTS"
-            )
-
-    def token_matches(self, given: str) -> bool:
-        if self.token is None:
-            return False
-        expected = self.token.get_secret_value().encode()
-        return secrets.compare_digest(given.encode(), expected)
-
-    def check_token(self, authorization: str | None) -> None:
-        given = bearer(authorization)
-        if given is None:
-            raise AdminUnauthorized(
-                "the admin API requires 'Authorization: Bearer <token>' "
-                "(the gateway's LORA_ROUTER_ADMIN_TOKEN, or an oncall/admin API key)"
-            )
-        if not self.token_matches(given):
-            raise AdminUnauthorized("invalid admin token")
-
-
-_DEFAULT_ACCESS = AdminAccess()
 # declares the bearer scheme in the OpenAPI document; the rules below decide what it needs
 _BEARER = HTTPBearer(
     auto_error=False, scheme_name="api_key",
@@ -173,26 +104,9 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
     return token or None
 
 
-def bearer(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, else None."""
-    scheme, _, given = (authorization or "").partition(" ")
-    given = given.strip()
-    return given if scheme.lower() == "bearer" and given else None
-
-
 def actor_label(principal: str, claimed: str | None) -> str:
     """The audit's ``by``: the principal, with a caller-chosen name marked as a claim."""
     return f"{principal} (claimed: {claimed})" if claimed else principal
-
-
-def _admin_access(request: Request) -> AdminAccess:
-    access: AdminAccess | None = getattr(request.app.state, "admin_access", None)
-    return access or _DEFAULT_ACCESS
-
-
-def _ring(request: Request) -> KeyRing | None:
-    ring: KeyRing | None = getattr(request.app.state, "key_ring", None)
-    return ring
 
 
 async def _key(ring: KeyRing | None, token: str) -> ApiKey:
@@ -210,13 +124,14 @@ def _with_role(key: ApiKey, needed: Role) -> Principal:
     return Principal.of_key(key)
 
 
-async def admin_principal(request: Request, needed: Role, token: str | None) -> Principal:
-    """The caller of an /admin endpoint that needs ``needed`` (see the module docstring);
-    ``token``: the bearer token it sent, if any."""
-    access = _admin_access(request)
+async def admin_principal(
+    request: Request, rules: AccessRules, needed: Role, token: str | None
+) -> Principal:
+    """The caller of an /admin endpoint that needs ``needed`` under ``rules`` (see the module
+    docstring); ``token``: the bearer token it sent, if any."""
+    access, ring = rules.admin, rules.key_ring
     access.check_host(request.headers.get("host"))
     authorization = request.headers.get("authorization")
-    ring = _ring(request)
     if token is not None and looks_like_key(token):
         return _with_role(await _key(ring, token), needed)
     if access.token is not None:
@@ -227,18 +142,18 @@ async def admin_principal(request: Request, needed: Role, token: str | None) -> 
             raise InvalidApiKey("invalid API key: expected lr_<role>_<id>_<secret>")
         raise MissingApiKey(
             f"this needs an API key with role {needed.value} or above: send "
-            f"'Authorization: Bearer <key>' ({_CREATE_HINT.format(role=needed.value)})"
+            f"'Authorization: Bearer <key>' ({CREATE_HINT.format(role=needed.value)})"
         )
     return Principal(access.keyless(request), Role.ADMIN)
 
 
 def require_role(
     needed: Role,
-) -> Callable[[Request, HTTPAuthorizationCredentials | None], Awaitable[Principal]]:
+) -> Callable[[Request, HTTPAuthorizationCredentials | None, AccessRules], Awaitable[Principal]]:
     """The dependency of an /admin endpoint that needs ``needed``: its caller."""
 
-    async def require(request: Request, credentials: BearerDep) -> Principal:
-        return await admin_principal(request, needed, _token(credentials))
+    async def require(request: Request, credentials: BearerDep, rules: AccessDep) -> Principal:
+        return await admin_principal(request, rules, needed, _token(credentials))
 
     require.__name__ = f"require_{needed.value}"
     return require
@@ -248,10 +163,9 @@ require_oncall = require_role(Role.ONCALL)
 require_admin = require_role(Role.ADMIN)
 
 
-async def require_app(request: Request, credentials: BearerDep) -> Principal:
+async def require_app(credentials: BearerDep, rules: AccessDep) -> Principal:
     """The caller of a /v1 endpoint (see the module docstring)."""
-    ring = _ring(request)
-    rule: bool | None = getattr(request.app.state, "require_app_key", None)
+    ring, rule = rules.key_ring, rules.require_app_key
     needed = rule if rule is not None else ring is not None and await ring.has_keys()
     if not needed:
         return ANONYMOUS
@@ -259,30 +173,10 @@ async def require_app(request: Request, credentials: BearerDep) -> Principal:
     if token is None:
         raise MissingApiKey(
             "this gateway requires an API key: send 'Authorization: Bearer <key>' (OpenAI "
-            f"clients: api_key=<key>); create one with {_CREATE_HINT.format(role='app')}"
+            f"clients: api_key=<key>); create one with {CREATE_HINT.format(role='app')}"
         )
     if looks_like_key(token):
         return Principal.of_key(await _key(ring, token))  # every role allows /v1
-    if _admin_access(request).token_matches(token):
+    if rules.admin.token_matches(token):
         return Principal("token", Role.ADMIN)
     raise InvalidApiKey("invalid API key: expected lr_<role>_<id>_<secret>")
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped.is_loopback
-    return addr.is_loopback
-
-
-def _host_name(header: str) -> str:
-    """The host part of a Host header value (no port, no IPv6 brackets), lower-case."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1:].partition("]")[0]
-    return header.rpartition(":")[0] if header.count(":") == 1 else header

@@ -1,18 +1,21 @@
 """Admin HTTP API over the route operations (the same service as the CLI's).
 
 ``GET /admin/routes``, ``GET /admin/routes/{route}``, ``GET /admin/routes/{route}/audit``,
-``POST /admin/routes/{route}/{rollback,canary,shadow,promote,set-live}``, and
-``POST /admin/routes/{route}/guard`` (the route's drift guard policy, versioned and audited
-like any change: :mod:`router.drift.policy`). Every change
-takes a ``reason`` (at most ``max_reason_chars``); the audit records the authenticated
-principal: ``key:<owner>`` for an API key (any name the caller sends is ignored), else
-``token``, ``loopback`` or ``open`` and, marked as a claim, the name the caller gives in the
-body's ``actor`` or the ``x-lora-router-actor`` header (at most ``max_actor_chars``):
-``"token (claimed: alice)"``. Errors go through the app's
+and one ``POST /admin/routes/{route}/<action>`` per route action of
+:data:`router.flags.actions.ACTIONS` (its body: :class:`ChangeIn` plus the action's own
+parameters): ``rollback``, ``canary``, ``shadow``, ``promote``, ``set-live``, ``guard``
+(the route's drift guard policy: :mod:`router.drift.policy`), ``set-policy`` and
+``clear-policy`` (the route's policy text: :mod:`router.flags.policy_text`; 413 over its
+size limit). Every change takes a ``reason`` (at most ``max_reason_chars``); the audit
+records the authenticated principal: ``key:<owner>`` for an API key (any name the caller
+sends is ignored), else ``token``, ``loopback`` or ``open`` and, marked as a claim, the name
+the caller gives in the body's ``actor`` or the ``x-lora-router-actor`` header (at most
+``max_actor_chars``): ``"token (claimed: alice)"``. Errors go through the app's
 ``LoraRouterError`` handler (409 for a version conflict or a refused change, 404 for an
-unknown route or adapter, 413 for a reason or actor over its limit).
+unknown route or adapter, 413 for a reason, actor or policy text over its limit).
 
-The app provides the service on ``app.state.route_service`` (built in its lifespan).
+The route service and the limits are injected (``router.api.deps.route_service``,
+``router.api.deps.limits``: the gateway's components, built in its lifespan).
 
 Access (:mod:`router.api.access`): every endpoint here, reads included, needs the
 ``oncall`` role (an oncall or admin key; or the admin token; or, while no key and no token
@@ -23,24 +26,23 @@ be one of the gateway's names (403 otherwise: DNS rebinding).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from router.api.access import AdminUnauthorized, Principal, actor_label, require_oncall
-from router.api.openapi import GUARD_EXAMPLES, error_responses
-from router.drift.policy import GuardPolicy
-from router.flags.service import RouteService
-from router.flags.state import RouteState
-from router.flags.views import AuditOut, ChangeOut, RoutesOut, StoreOut
-from router.limits import Limits
+from lora_router.router.api.access import AdminUnauthorized, Principal, actor_label, require_oncall
+from lora_router.router.api.deps import LimitsDep, RouteServiceDep
+from lora_router.router.api.openapi import GUARD_EXAMPLES, error_responses
+from lora_router.router.flags.actions import ACTIONS, ActionSpec
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.views import AuditOut, ChangeOut, RoutesOut, StoreOut
 
-__all__ = ["ACTOR_HEADER", "AdminUnauthorized", "Caller", "router"]
+__all__ = ["ACTOR_HEADER", "AdminUnauthorized", "Caller", "body_model", "router"]
 
 ACTOR_HEADER = "x-lora-router-actor"
-_DEFAULT_LIMITS = Limits()
 
 router = APIRouter(
     prefix="/admin",
@@ -63,10 +65,10 @@ class Caller:
 async def get_caller(
     request: Request,
     principal: Annotated[Principal, Depends(require_oncall)],
+    limits: LimitsDep,
     claimed: Annotated[str | None, Header(alias=ACTOR_HEADER)] = None,
 ) -> Caller:
     """The caller of a change, once its ``reason`` and ``actor`` are within their limits."""
-    limits: Limits = getattr(request.app.state, "limits", None) or _DEFAULT_LIMITS
     limits.check_text("max_actor_chars", f"header {ACTOR_HEADER}", claimed, param=ACTOR_HEADER)
     body = await _json_or_none(request)  # parsed already by FastAPI (cached): bounded, cheap
     if isinstance(body, dict):
@@ -86,16 +88,12 @@ async def _json_or_none(request: Request) -> Any:
         return None
 
 
-async def get_route_service(request: Request) -> RouteService:
-    service: RouteService = request.app.state.route_service
-    return service
-
-
-RouteServiceDep = Annotated[RouteService, Depends(get_route_service)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 class ChangeIn(BaseModel):
+    """What every route change takes; each action adds its own parameters."""
+
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(min_length=1, description="Why (recorded in the audit trail).")
@@ -111,20 +109,21 @@ class ChangeIn(BaseModel):
         return actor_label(caller.principal, self.actor or caller.claimed)
 
 
-class SplitIn(ChangeIn):
-    adapter: str
-    percent: float = Field(ge=0, le=100)
+_BODIES: dict[str, type[ChangeIn]] = {"ChangeIn": ChangeIn}
+_BODY_EXAMPLES: dict[str, dict[str, Any]] = {"set-guard": GUARD_EXAMPLES}
 
 
-class AdapterIn(ChangeIn):
-    adapter: str
-
-
-class GuardIn(ChangeIn):
-    guard: GuardPolicy | None = Field(
-        description="The route's whole drift guard policy (it replaces the one in force); "
-        "null removes it (alerts only, never an automatic change)."
-    )
+def body_model(spec: ActionSpec) -> type[ChangeIn]:
+    """The request body of ``spec``: :class:`ChangeIn` plus its parameters, one model per
+    ``spec.body`` name (``canary`` and ``shadow`` share ``SplitIn``)."""
+    model = _BODIES.get(spec.body)
+    if model is None:
+        fields: dict[str, Any] = {
+            p.name: (p.type, Field(ge=p.ge, le=p.le, description=p.help)) for p in spec.params
+        }
+        model = create_model(spec.body, __base__=ChangeIn, __module__=__name__, **fields)
+        _BODIES[spec.body] = model
+    return model
 
 
 @router.get("/routes")
@@ -144,66 +143,29 @@ async def route_audit(
     return AuditOut(route=route, entries=await service.audit(route, limit))
 
 
-@router.post("/routes/{route}/rollback")
-async def rollback(
-    route: str, body: ChangeIn, service: RouteServiceDep, actor: CallerDep
-) -> ChangeOut:
-    result = await service.rollback(
-        route, actor=body.who(actor), reason=body.reason, expected_version=body.expected_version
-    )
-    return ChangeOut.of(result)
+def _endpoint(spec: ActionSpec) -> Callable[..., Awaitable[ChangeOut]]:
+    """``POST /admin/routes/{route}/<spec.api_path>``: ``RouteService.apply`` of ``spec``."""
+
+    async def change(
+        route: str, body: ChangeIn, service: RouteServiceDep, caller: CallerDep
+    ) -> ChangeOut:
+        params = {p.name: getattr(body, p.name) for p in spec.params}
+        result = await service.apply(
+            spec.name, route, actor=body.who(caller), reason=body.reason,
+            expected_version=body.expected_version, **params,
+        )
+        return ChangeOut.of(result)
+
+    model: Any = body_model(spec)
+    examples = _BODY_EXAMPLES.get(spec.name)
+    # the body's type is the action's own model (FastAPI reads it from the annotations)
+    change.__annotations__ = {
+        **change.__annotations__,
+        "body": model if examples is None else Annotated[model, Body(openapi_examples=examples)],
+    }
+    change.__name__ = change.__qualname__ = spec.method  # the operation id, as it always was
+    return change
 
 
-@router.post("/routes/{route}/canary")
-async def canary(
-    route: str, body: SplitIn, service: RouteServiceDep, actor: CallerDep
-) -> ChangeOut:
-    result = await service.canary(
-        route, body.adapter, body.percent,
-        actor=body.who(actor), reason=body.reason, expected_version=body.expected_version,
-    )
-    return ChangeOut.of(result)
-
-
-@router.post("/routes/{route}/shadow")
-async def shadow(
-    route: str, body: SplitIn, service: RouteServiceDep, actor: CallerDep
-) -> ChangeOut:
-    result = await service.shadow(
-        route, body.adapter, body.percent,
-        actor=body.who(actor), reason=body.reason, expected_version=body.expected_version,
-    )
-    return ChangeOut.of(result)
-
-
-@router.post("/routes/{route}/promote")
-async def promote(
-    route: str, body: ChangeIn, service: RouteServiceDep, actor: CallerDep
-) -> ChangeOut:
-    result = await service.promote(
-        route, actor=body.who(actor), reason=body.reason, expected_version=body.expected_version
-    )
-    return ChangeOut.of(result)
-
-
-@router.post("/routes/{route}/set-live")
-async def set_live(
-    route: str, body: AdapterIn, service: RouteServiceDep, actor: CallerDep
-) -> ChangeOut:
-    result = await service.set_live(
-        route, body.adapter,
-        actor=body.who(actor), reason=body.reason, expected_version=body.expected_version,
-    )
-    return ChangeOut.of(result)
-
-
-@router.post("/routes/{route}/guard")
-async def set_guard(
-    route: str, body: Annotated[GuardIn, Body(openapi_examples=GUARD_EXAMPLES)],
-    service: RouteServiceDep, actor: CallerDep,
-) -> ChangeOut:
-    result = await service.set_guard(
-        route, body.guard,
-        actor=body.who(actor), reason=body.reason, expected_version=body.expected_version,
-    )
-    return ChangeOut.of(result)
+for _spec in ACTIONS.values():
+    router.post(f"/routes/{{route}}/{_spec.api_path}", description=_spec.help)(_endpoint(_spec))

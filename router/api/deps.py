@@ -1,54 +1,120 @@
-"""Dependencies built in the app's lifespan and injected into endpoints.
+"""The typed dependencies of the API: the parts a running gateway holds, injected.
 
-The lifespan stores one :class:`Components` on ``app.state.components``; endpoints receive
-its parts through the typed ``Annotated`` aliases below (all ``async def``, so FastAPI does
-not hop to a thread pool to resolve them).
+``create_app``'s lifespan builds one :class:`~router.components.Components`
+(:func:`router.components.build_components`) and keeps it on the app; this module is the one
+place that reads it there. Endpoints take its parts through the functions and ``Annotated``
+aliases below (all ``async def``, so FastAPI does not hop to a thread pool to resolve them):
+
+- :func:`components` (``ComponentsDep``): everything;
+- :func:`completion_service` (``ServiceDep``), :func:`route_service` (``RouteServiceDep``);
+- :func:`log_writer` (``LogWriterDep``: 503 when the app records through a recorder of its
+  own), :func:`drift` (``DriftDep``: None when drift monitoring is off);
+- :func:`limits` (``LimitsDep``), :func:`dashboard` (``DashboardDep``);
+- :func:`access` (``AccessDep``: the access rules), and its parts :func:`admin_access`
+  (``AdminAccessDep``), :func:`key_ring` (``KeyRingDep``), :func:`app_key_rule`.
+
+The two on every ``/v1`` request (:func:`completion_service`, :func:`access`) read the
+components directly rather than through :func:`components`: each level of dependencies
+costs FastAPI tens of microseconds per request. An app built around some routers alone (a
+test of the admin rule, say) provides what they use with ``app.dependency_overrides``
+(``deps.access``, ``deps.route_service``, ``deps.limits``, ``deps.log_writer``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from adapters.engine import Engine
-from adapters.residency import Residency
-from registry.home import Home
-from router.api.openapi import inline_schema
-from router.flags.runtime import FlagsRuntime
-from router.flags.store import RouteStore
-from router.schemas import ChatCompletionRequest, CompletionRequest
-from router.service import CompletionService
-from router.settings import Settings
+from lora_router.ground.errors import LogStoreUnavailable, LoraRouterError
+from lora_router.router.api.access_rules import AccessRules, AdminAccess
+from lora_router.router.api.openapi import inline_schema
+from lora_router.router.auth.ring import KeyRing
+from lora_router.router.completions import CompletionService
+from lora_router.router.components import Components
+from lora_router.router.dashboard.state import DashboardService
+from lora_router.router.drift.runtime import DriftRuntime
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.limits import Limits
+from lora_router.router.log.writer import LogWriter
+from lora_router.router.schemas import ChatCompletionRequest, CompletionRequest
+
+__all__ = ["Components"]
 
 
-@dataclass(slots=True)
-class Components:
-    """Everything a running gateway holds; built and closed by the lifespan."""
+class GatewayNotStarted(LoraRouterError):
+    """A request reached an app whose lifespan has not built the gateway's components."""
 
-    settings: Settings
-    home: Home
-    engine: Engine
-    store: RouteStore
-    residency: Residency
-    service: CompletionService
-    base_verified: bool
-    flags: FlagsRuntime | None = None  # replica membership and the reconciler
+    status_code = 503
+    code = "gateway_not_started"
 
 
-async def get_components(request: Request) -> Components:
-    # uvicorn accepts connections only after the lifespan built these, so they are set
-    components: Components = request.app.state.components
-    return components
+def _built(request: Request) -> Components:
+    # uvicorn accepts connections only after the lifespan built these, so a served gateway
+    # has them; an app that never ran the lifespan says so instead of answering 500
+    try:
+        built: Components = request.app.state.components
+    except AttributeError:
+        raise GatewayNotStarted("the gateway has not started: no components") from None
+    return built
 
 
-async def get_service(request: Request) -> CompletionService:
-    service: CompletionService = request.app.state.components.service
-    return service
+async def components(request: Request) -> Components:
+    return _built(request)
+
+
+async def completion_service(request: Request) -> CompletionService:
+    return _built(request).service
+
+
+async def access(request: Request) -> AccessRules:
+    return _built(request).access
+
+
+ComponentsDep = Annotated[Components, Depends(components)]
+AccessDep = Annotated[AccessRules, Depends(access)]
+
+
+async def route_service(c: ComponentsDep) -> RouteService:
+    """The route operations (admin API, dashboard, drift guard: one service)."""
+    return c.route_service
+
+
+async def log_writer(c: ComponentsDep) -> LogWriter:
+    """The inference log writer; 503 when the app records through a recorder of its own."""
+    if c.log_writer is None:
+        raise LogStoreUnavailable("the inference log is not enabled on this gateway")
+    return c.log_writer
+
+
+async def drift(c: ComponentsDep) -> DriftRuntime | None:
+    return c.drift
+
+
+async def limits(c: ComponentsDep) -> Limits:
+    return c.limits
+
+
+async def dashboard(c: ComponentsDep) -> DashboardService:
+    return c.dashboard
+
+
+async def admin_access(a: AccessDep) -> AdminAccess:
+    return a.admin
+
+
+async def key_ring(a: AccessDep) -> KeyRing | None:
+    """The API keys; None only in an app built without a key store."""
+    return a.key_ring
+
+
+async def app_key_rule(a: AccessDep) -> bool | None:
+    """Whether ``/v1`` needs a key: the setting, else ``access.yaml``; None: once any key
+    exists (:func:`router.auth.policy.require_app_key`)."""
+    return a.require_app_key
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -81,7 +147,14 @@ def body_openapi(
     return {"requestBody": {"required": True, "content": {"application/json": media}}}
 
 
-ComponentsDep = Annotated[Components, Depends(get_components)]
-ServiceDep = Annotated[CompletionService, Depends(get_service)]
+ServiceDep = Annotated[CompletionService, Depends(completion_service)]
+RouteServiceDep = Annotated[RouteService, Depends(route_service)]
+LogWriterDep = Annotated[LogWriter, Depends(log_writer)]
+DriftDep = Annotated[DriftRuntime | None, Depends(drift)]
+LimitsDep = Annotated[Limits, Depends(limits)]
+DashboardDep = Annotated[DashboardService, Depends(dashboard)]
+AdminAccessDep = Annotated[AdminAccess, Depends(admin_access)]
+KeyRingDep = Annotated[KeyRing | None, Depends(key_ring)]
+AppKeyRuleDep = Annotated[bool | None, Depends(app_key_rule)]
 CompletionBody = Annotated[CompletionRequest, Depends(json_body(CompletionRequest))]
 ChatBody = Annotated[ChatCompletionRequest, Depends(json_body(ChatCompletionRequest))]

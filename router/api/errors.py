@@ -1,6 +1,6 @@
 """Errors as OpenAI-style JSON: ``{"error": {"message", "type", "param", "code"}}``.
 
-One handler maps every :class:`~registry.errors.LoraRouterError` to HTTP through its
+One handler maps every :class:`~ground.errors.LoraRouterError` to HTTP through its
 class-level ``status_code``; FastAPI's body validation becomes 422 naming the field; anything
 unexpected becomes 500 with the request id (and is logged). Every error response carries the
 request id in its body and in ``x-request-id``.
@@ -18,7 +18,7 @@ from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from registry.errors import LoraRouterError
+from lora_router.ground.errors import LoraRouterError
 
 log = logging.getLogger(__name__)
 

@@ -1,32 +1,20 @@
 """``POST /v1/feedback``: the outcome of a served request (the correction flywheel).
 
-The lifespan puts the inference-log writer on ``app.state.log_writer``; a record still in the
-writer's queue is written before the update, so feedback right after a response works.
+The inference-log writer is the gateway's (``router.api.deps.log_writer``: 503 when the app
+records elsewhere); a record still in the writer's queue is written before the update, so
+feedback right after a response works.
 Idempotent: posting the same outcome twice leaves the same row. Unknown request id: 404.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.errors import LogStoreUnavailable
-from router.api.openapi import error_responses
-from router.log.writer import LogWriter
+from lora_router.router.api.deps import LogWriterDep
+from lora_router.router.api.openapi import error_responses
 
 router = APIRouter(tags=["feedback"])
-
-
-async def get_log_writer(request: Request) -> LogWriter:
-    writer: LogWriter | None = getattr(request.app.state, "log_writer", None)
-    if writer is None:
-        raise LogStoreUnavailable("the inference log is not enabled on this gateway")
-    return writer
-
-
-LogWriterDep = Annotated[LogWriter, Depends(get_log_writer)]
 
 
 class FeedbackIn(BaseModel):

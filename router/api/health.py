@@ -13,6 +13,9 @@ re-registers when Redis is back).
 ``log`` shows the inference-log writer (sink name and health, queue depth, spool backlog), or
 null when the app records through a custom recorder; a log database outage does not make the
 gateway unready either: records go to the local spool and are replayed when it is back.
+``engine.backends`` lists a remote engine's backends (url, up, the reason one is out, requests
+in flight, adapters held; null for the embedded engine); with none in service the gateway
+is unready (503), since no request could be served.
 ``drift`` shows the drift monitor of this replica (whether it holds the lease, its loop, its
 last tick: :meth:`router.drift.runtime.DriftRuntime.status`), or null when it is off; it
 never makes the gateway unready (it guards quality, not serving).
@@ -25,15 +28,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import to_json
 from starlette.responses import PlainTextResponse, Response
 
-from router import metrics as request_metrics
-from router.api.deps import Components
-from router.api.errors import JSON
-from router.log.writer import LogWriter
+from lora_router.router import metrics as request_metrics
+from lora_router.router.api.deps import ComponentsDep
+from lora_router.router.api.errors import JSON
+from lora_router.router.components import Components
 
 router = APIRouter(tags=["health"])
 
@@ -51,11 +54,13 @@ def readiness(c: Components) -> dict[str, Any]:
     missing = sorted(referenced - resident)
     health = c.store.health()
     base = c.engine.base
-    replica = c.flags.status() if c.flags is not None else None
-    loops = c.flags.loops() if c.flags is not None else []
+    replica = c.flags.status()
+    loops = c.flags.loops()
     dead = [loop.name for loop in loops if not loop.alive]
+    backends = c.engine.backends()  # a remote engine: unready while none is in service
+    no_backend = backends is not None and not any(b["up"] for b in backends)
     return {
-        "ready": c.base_verified and not missing and not dead,
+        "ready": c.base_verified and not missing and not dead and not no_backend,
         "base": {"name": base.name, "sha256": base.sha256, "verified": c.base_verified,
                  "device": base.device},
         "replica": replica,
@@ -67,6 +72,7 @@ def readiness(c: Components) -> dict[str, Any]:
                    if health.last_sync_at else None},
         "loops": {loop.name: loop.as_dict() for loop in loops},
         "loops_stopped": dead,
+        "engine": {"backends": backends, "no_backend": no_backend},
     }
 
 
@@ -74,31 +80,22 @@ def readiness(c: Components) -> dict[str, Any]:
     "description": "Not ready: the same detail as the 200 answer, with ready false.",
     "content": {JSON: {"schema": {"type": "object"}}},
 }})
-async def readyz(request: Request) -> Response:
-    components: Components | None = getattr(request.app.state, "components", None)
-    if components is None:
-        detail: dict[str, Any] = {"ready": False, "reason": "starting"}
-    else:
-        detail = readiness(components)
-        writer: LogWriter | None = getattr(request.app.state, "log_writer", None)
-        detail["log"] = writer.status() if writer is not None else None
-        drift = getattr(request.app.state, "drift", None)
-        detail["drift"] = drift.status() if drift is not None else None
+async def readyz(c: ComponentsDep) -> Response:
+    detail = readiness(c)
+    detail["log"] = c.log_writer.status() if c.log_writer is not None else None
+    detail["drift"] = c.drift.status() if c.drift is not None else None
     return Response(to_json(detail), status_code=200 if detail["ready"] else 503,
                     media_type=JSON)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)  # Prometheus text
-async def metrics(request: Request) -> Response:
-    _refresh_gauges(request)
+async def metrics(c: ComponentsDep) -> Response:
+    _refresh_gauges(c)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _refresh_gauges(request: Request) -> None:
+def _refresh_gauges(c: Components) -> None:
     """The gauges read from in-process state at scrape time (:mod:`router.metrics`)."""
-    components: Components | None = getattr(request.app.state, "components", None)
-    if components is not None:
-        request_metrics.observe_routes(components.store.all(), components.store.health())
-    writer: LogWriter | None = getattr(request.app.state, "log_writer", None)
-    if writer is not None:
-        request_metrics.observe_log(writer.status())
+    request_metrics.observe_routes(c.store.all(), c.store.health())
+    if c.log_writer is not None:
+        request_metrics.observe_log(c.log_writer.status())

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel
 
-from router.api.access import Principal, require_admin
-from router.api.openapi import error_responses
-from router.auth.errors import KeyStoreUnavailable
-from router.auth.keys import KeyInfo
-from router.auth.ring import KeyRing
+from lora_router.router.api.access import Principal, require_admin
+from lora_router.router.api.deps import KeyRingDep
+from lora_router.router.api.openapi import error_responses
+from lora_router.router.auth.errors import KeyStoreUnavailable
+from lora_router.router.auth.keys import KeyInfo
+from lora_router.router.auth.ring import KeyRing
 
 router = APIRouter(
     prefix="/admin/keys",
@@ -26,15 +27,13 @@ router = APIRouter(
 )
 
 
-async def get_key_ring(request: Request) -> KeyRing:
-    ring: KeyRing | None = getattr(request.app.state, "key_ring", None)
+AdminDep = Annotated[Principal, Depends(require_admin)]
+
+
+def _require_ring(ring: KeyRing | None) -> KeyRing:
     if ring is None:
         raise KeyStoreUnavailable("this gateway has no key store")
     return ring
-
-
-KeyRingDep = Annotated[KeyRing, Depends(get_key_ring)]
-AdminDep = Annotated[Principal, Depends(require_admin)]
 
 
 class KeysOut(BaseModel):
@@ -44,7 +43,7 @@ class KeysOut(BaseModel):
 @router.get("")
 async def list_keys(caller: AdminDep, ring: KeyRingDep) -> KeysOut:
     """Every key, revoked ones included (never a secret, never a hash)."""
-    return KeysOut(keys=[k.info() for k in await ring.store.all()])
+    return KeysOut(keys=[k.info() for k in await _require_ring(ring).store.all()])
 
 
 @router.post("/{key_id}/revoke", responses=error_responses(404, 422))
@@ -52,4 +51,4 @@ async def revoke(
     key_id: Annotated[str, Path(max_length=64)], caller: AdminDep, ring: KeyRingDep
 ) -> KeyInfo:
     """Revoke a key for good (revoking it again changes nothing)."""
-    return (await ring.revoke(key_id, by=caller.name)).info()
+    return (await _require_ring(ring).revoke(key_id, by=caller.name)).info()

@@ -14,8 +14,8 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router.api.errors import error_object, error_response, new_request_id
-from router.limits import Limits, setting_name
+from lora_router.router.api.errors import error_object, error_response, new_request_id
+from lora_router.router.limits import Limits, setting_name
 
 
 class BodyTooLarge(HTTPException):

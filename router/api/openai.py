@@ -4,9 +4,11 @@ and ``/v1/models/{id}``.
 Each completion names who served it: ``model`` is the concrete adapter id (or the base's
 name), also in ``x-model-id``; ``id`` is the request id, also in ``x-request-id``;
 ``x-route-arm`` says how ``model`` was resolved: ``live`` or ``canary`` for a route, which
-also adds ``x-route`` and ``x-flag-version``; ``pinned`` for an adapter id; ``base`` for the
-base's name (neither of the last two has a route or flag version, so those headers are
-absent). Error answers carry ``x-request-id`` only. Streams are server-sent
+also adds ``x-route`` and ``x-flag-version`` (and ``x-policy-version``, e.g.
+``support-triage/policy@3``, while the route has a policy text:
+:mod:`router.flags.policy_text`); ``pinned`` for an adapter id; ``base`` for the base's name
+(neither of the last two has a route or flag version, so those headers are absent). Error
+answers carry ``x-request-id`` only. Streams are server-sent
 events in OpenAI's chunk format, ending with ``data: [DONE]``. Responses are plain dicts
 serialised by ``pydantic_core.to_json`` (no response models on the hot path), and bodies
 are parsed in one pass by ``model_validate_json`` (``router.api.deps.json_body``).
@@ -27,24 +29,24 @@ from fastapi import APIRouter, Request
 from pydantic_core import to_json
 from starlette.responses import Response, StreamingResponse
 
-from adapters.engine import GenerationResult, SamplingParams, StreamChunk
-from registry.errors import InvalidRequest, LoraRouterError
-from router.api.deps import ChatBody, CompletionBody, ServiceDep, body_openapi
-from router.api.errors import JSON, project_error_object
-from router.api.openapi import (
+from lora_router.adapters.engine import GenerationResult, SamplingParams, StreamChunk
+from lora_router.ground.errors import InvalidRequest, LoraRouterError
+from lora_router.router.api.deps import ChatBody, CompletionBody, ServiceDep, body_openapi
+from lora_router.router.api.errors import JSON, project_error_object
+from lora_router.router.api.openapi import (
     CHAT_ANSWERS,
     COMPLETION_ANSWERS,
     MODEL_ANSWER,
     MODELS_ANSWER,
     error_responses,
 )
-from router.limits import Limits
-from router.schemas import (
+from lora_router.router.completions import Call, Served
+from lora_router.router.limits import Limits
+from lora_router.router.schemas import (
     DEFAULT_MAX_TOKENS,
     ChatCompletionRequest,
     CompletionRequest,
 )
-from router.service import Call, Served
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -78,6 +80,8 @@ def _headers(served: Served) -> dict[str, str]:
     headers["x-route-arm"] = d.arm
     if d.flag_version is not None:
         headers["x-flag-version"] = str(d.flag_version)
+    if d.policy_version is not None:  # the route's policy text (router.flags.policy_text)
+        headers["x-policy-version"] = d.policy_version
     return headers
 
 
@@ -117,13 +121,15 @@ def _request_id(request: Request, prefix: str) -> str:
 def _call(
     request: Request, rid: str, body: CompletionRequest | ChatCompletionRequest,
     prompt: str, max_tokens: int | None, limits: Limits,
+    messages: list[dict[str, str]] | None = None,
 ) -> Call:
     header_key = request.headers.get(ROUTE_KEY_HEADER)
     limits.check_text("max_user_chars", "user", body.user, param="user")
     limits.check_text("max_user_chars", f"header {ROUTE_KEY_HEADER}", header_key,
                       param=ROUTE_KEY_HEADER)
     route_key = body.user or header_key
-    return Call(rid, body.model, prompt, _params(body, max_tokens), route_key, body.user)
+    return Call(rid, body.model, prompt, _params(body, max_tokens), route_key, body.user,
+                None if messages is None else tuple(messages))
 
 
 @router.post("/completions",
@@ -161,8 +167,10 @@ async def completions(body: CompletionBody, request: Request, service: ServiceDe
 async def chat_completions(body: ChatBody, request: Request, service: ServiceDep) -> Response:
     """Chat completion: messages rendered with the base's chat template."""
     rid = _request_id(request, "chatcmpl")
-    prompt = service.chat_prompt(body.message_dicts())  # bounded before it is rendered
-    call = _call(request, rid, body, prompt, body.token_limit(), service.limits)
+    messages = body.message_dicts()
+    prompt = service.chat_prompt(messages)  # bounded before it is rendered
+    # the messages too: a route's policy text goes first as a system message
+    call = _call(request, rid, body, prompt, body.token_limit(), service.limits, messages)
     if body.stream:
         served, chunks = await service.open_stream(call)
         render = _chat_chunks(served, int(time.time()), body.include_usage)

@@ -148,6 +148,9 @@ SERVED_HEADERS: dict[str, dict[str, Any]] = {
     "x-route": _header("The route (route requests only).", _STR, False),
     "x-flag-version": _header("The route's flag version that served it (route requests "
                               "only).", {"type": "integer"}, False),
+    "x-policy-version": _header("The route's policy text in front of the prompt, e.g. "
+                                "support-triage/policy@3 (route requests while the route "
+                                "has one).", _STR, False),
 }
 
 

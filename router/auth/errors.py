@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from registry.errors import InvalidRequest, LoraRouterError
+from lora_router.ground.errors import InvalidRequest, LoraRouterError
 
 
 class MissingApiKey(LoraRouterError):

@@ -12,10 +12,10 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from router.auth.pg_store import PostgresKeyStore
-from router.auth.sqlite_store import SqliteKeyStore
-from router.auth.store import KeyStore
-from router.settings import Settings
+from lora_router.router.auth.pg_store import PostgresKeyStore
+from lora_router.router.auth.sqlite_store import SqliteKeyStore
+from lora_router.router.auth.store import KeyStore
+from lora_router.router.settings import Settings
 
 _STORES: dict[str, Callable[[Settings], KeyStore]] = {
     "postgres": lambda s: PostgresKeyStore(s.database_url or ""),

@@ -18,8 +18,8 @@ from typing import NamedTuple
 
 from pydantic import BaseModel, Field
 
-from router.auth.errors import InvalidKeyName
-from router.auth.roles import Role
+from lora_router.router.auth.errors import InvalidKeyName
+from lora_router.router.auth.roles import Role
 
 PREFIX = "lr_"
 ID_HEX = 12

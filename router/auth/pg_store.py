@@ -17,12 +17,12 @@ from typing import Any
 
 import psycopg
 
-from router.auth import schema
-from router.auth.errors import KeyNotFound, KeyStoreUnavailable
-from router.auth.keys import ApiKey
-from router.auth.roles import Role
-from router.auth.store import KeyStore
-from router.log.schema import pending
+from lora_router.router.auth import schema
+from lora_router.router.auth.errors import KeyNotFound, KeyStoreUnavailable
+from lora_router.router.auth.keys import ApiKey
+from lora_router.router.auth.roles import Role
+from lora_router.router.auth.store import KeyStore
+from lora_router.router.log.schema import pending
 
 _MIGRATION_LOCK = 0x6C6F726B  # pg_advisory_xact_lock key of the key-store migrations
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)

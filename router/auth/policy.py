@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from registry.errors import ConfigError
-from router.settings import Settings
+from lora_router.ground.errors import ConfigError
+from lora_router.router.settings import Settings
 
 ACCESS_FILE = "access.yaml"
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from router.auth.errors import InvalidApiKey, KeyStoreUnavailable
-from router.auth.keys import ApiKey, parse_key
-from router.auth.store import KeyStore, revoke_key
+from lora_router.router.auth.errors import InvalidApiKey, KeyStoreUnavailable
+from lora_router.router.auth.keys import ApiKey, parse_key
+from lora_router.router.auth.store import KeyStore, revoke_key
 
 log = logging.getLogger(__name__)
 

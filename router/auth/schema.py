@@ -8,7 +8,7 @@ show who revoked it when.
 
 from __future__ import annotations
 
-from router.log.schema import Migration
+from lora_router.router.log.schema import Migration
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS auth_schema_migrations (
     version INTEGER PRIMARY KEY,

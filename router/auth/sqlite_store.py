@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from router.auth import schema
-from router.auth.errors import KeyNotFound, KeyStoreUnavailable
-from router.auth.keys import ApiKey
-from router.auth.roles import Role
-from router.auth.store import KeyStore
-from router.log.schema import pending
+from lora_router.router.auth import schema
+from lora_router.router.auth.errors import KeyNotFound, KeyStoreUnavailable
+from lora_router.router.auth.keys import ApiKey
+from lora_router.router.auth.roles import Role
+from lora_router.router.auth.store import KeyStore
+from lora_router.router.log.schema import pending
 
 T = TypeVar("T")
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 
-from router.auth.errors import KeyNotFound
-from router.auth.keys import ID_RE, ApiKey, check_name, hash_key, new_key
-from router.auth.roles import Role
+from lora_router.router.auth.errors import KeyNotFound
+from lora_router.router.auth.keys import ID_RE, ApiKey, check_name, hash_key, new_key
+from lora_router.router.auth.roles import Role
 
 
 class KeyStore(ABC):

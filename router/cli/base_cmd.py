@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from adapters.base_pin import pin_base, read_lock, verify_base
-from registry.home import Home
-from router.cli.common import CliError, HomeOpt, console, friendly_errors, load_settings
+from lora_router.ground.home import Home
+from lora_router.registry.base_pin import pin_base, read_lock, verify_base
+from lora_router.router.cli.common import CliError, HomeOpt, console, friendly_errors, load_settings
 
 base_app = typer.Typer(help="The pinned base model.", no_args_is_help=True)
 

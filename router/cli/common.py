@@ -17,8 +17,8 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from registry.errors import LoraRouterError
-from router.settings import Settings
+from lora_router.ground.errors import LoraRouterError
+from lora_router.router.settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,16 +56,25 @@ HomeOpt = Annotated[
 ]
 UrlOpt = Annotated[
     str | None,
-    typer.Option("--url", help="Talk to a running gateway at this URL (e.g. http://127.0.0.1:8000)."),
+    typer.Option(
+        "--url",
+        envvar="LORA_ROUTER_URL",
+        show_envvar=False,
+        help="Talk to a running gateway at this URL (e.g. http://127.0.0.1:8000); default: "
+        "$LORA_ROUTER_URL, else REDIS_URL directly.",
+    ),
 ]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit trail).")]
 
 
 # commands that make a home where there is none; every other command run from the CLI
 # reads one, and a mistyped --home must not quietly become a new, empty home
-_CREATES_HOME = frozenset({("router.cli.demo", "build"), ("router.cli.base_cmd", "pin")})
+_CREATES_HOME = frozenset({
+    ("lora_router.router.cli.demo", "build"),
+    ("lora_router.router.cli.base_cmd", "pin"),
+})
 # commands that read only the inference log: no home needed on DATABASE_URL
-_LOG_COMMANDS = frozenset({"router.cli.log", "router.cli.cost"})
+_LOG_COMMANDS = frozenset({"lora_router.router.cli.log", "lora_router.router.cli.cost"})
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,14 @@ from typing import Annotated
 
 import typer
 
-from registry.home import Home
-from router.cli.common import HomeOpt, friendly_errors, load_settings
-from router.cli.output import Col, Listing, echo_json, print_listing
-from router.dashboard.reader import build_reader
-from router.log.cost import CostLine, CostReport, PriceBook, cost_report
-from router.log.factory import build_sink, sqlite_path
-from router.log.sink import parse_since
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.cli.common import HomeOpt, friendly_errors, load_settings
+from lora_router.router.cli.output import Col, Listing, echo_json, print_listing
+from lora_router.router.dashboard.reader import build_reader
+from lora_router.router.log.cost import CostLine, CostReport, PriceBook, cost_report
+from lora_router.router.log.factory import build_sink, sqlite_path
+from lora_router.router.log.sink import parse_since
+from lora_router.router.settings import Settings
 
 _COLS = ("model_id", "route", "requests", "errors", "shadow", "prompt tok", "completion tok",
          "engine s", "cost")

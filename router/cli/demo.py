@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from registry.home import Home
-from router.cli.common import CliError, HomeOpt, console, friendly_errors, load_settings
-from router.cli.output import Col, Listing, print_listing
+from lora_router.ground.home import Home
+from lora_router.router.cli.common import CliError, HomeOpt, console, friendly_errors, load_settings
+from lora_router.router.cli.output import Col, Listing, print_listing
 
 demo_app = typer.Typer(help="The offline demo: tiny base, triage adapters, cards, routes.",
                        no_args_is_help=True)
@@ -25,7 +25,7 @@ def build(
     """Build the demo home offline: tokenizer, tiny base, support-triage@v1/@v2, cards, routes."""
     from transformers.utils import logging as hf_logging
 
-    from router.demo.build import build_demo, summary_lines
+    from lora_router.demo.build import build_demo, summary_lines
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # our own progress display replaces the per-file bars
     settings = load_settings(home)
@@ -62,11 +62,12 @@ def run(
     """Replay tickets on a copy of the demo home until the guard drops v2's bad canary."""
     from transformers.utils import logging as hf_logging
 
-    from router.drift import scenario as sc
-    from router.drift.scenario_timeline import accuracy_table, timeline_lines
+    from lora_router.demo import scenario as sc
+    from lora_router.demo.scenario_timeline import accuracy_table, timeline_lines
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    logging.getLogger("router.drift").setLevel(logging.ERROR)  # the timeline says it all
+    # the timeline says it all
+    logging.getLogger("lora_router.router.drift").setLevel(logging.ERROR)
     settings = load_settings(home)
     source = Home.at(settings.home)
     run_dir = out or sc.default_run_dir(source)

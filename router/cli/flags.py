@@ -1,5 +1,8 @@
 """CLI commands for route flags: list, show, rollback, canary, shadow, promote, set-live, audit.
 
+The change commands are built from the route actions' table (:mod:`router.flags.actions`):
+one command per action, named like it, taking its parameters, with its help.
+
 Each talks to a running gateway with ``--url``, or, with ``REDIS_URL`` set and no
 ``--url``, to Redis directly (a change creates its route from the home's routes.yaml if
 Redis lacks it; the read-only commands never write).
@@ -9,18 +12,35 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from router.cli.common import HomeOpt, ReasonOpt, UrlOpt, console, friendly_errors, load_settings
-from router.cli.output import Col, Listing, echo_json, print_listing
-from router.flags.client import FlagsClient, open_client
-from router.flags.state import RouteState
-from router.flags.views import AuditOut, ChangeOut, RoutesOut
+from lora_router.router.cli.common import (
+    HomeOpt,
+    ReasonOpt,
+    UrlOpt,
+    console,
+    err_console,
+    friendly_errors,
+    load_settings,
+)
+from lora_router.router.cli.output import Col, Listing, echo_json, print_listing
+from lora_router.router.flags.actions import ACTIONS, ActionSpec, Param
+from lora_router.router.flags.client import (
+    FlagsClient,
+    not_served_message,
+    nothing_serves,
+    open_client,
+)
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.views import AuditOut, ChangeOut, RoutesOut
 
 T = TypeVar("T")
+KEYWORD = inspect.Parameter.KEYWORD_ONLY
+EXIT_NOT_SERVED = 3  # a change stored directly in Redis that no gateway replica serves yet
 
 ActorOpt = Annotated[
     str | None, typer.Option("--actor", help="Who is making the change (default: your login).")
@@ -30,6 +50,11 @@ PercentOpt = Annotated[
 ]
 LimitOpt = Annotated[int, typer.Option("--limit", min=1, help="Show at most this many changes.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+AllowNoReplicasOpt = Annotated[bool, typer.Option(
+    "--allow-no-replicas",
+    help=f"Directly on Redis (no --url) with no gateway replica registered, the change is "
+    f"stored but nothing serves it yet: the command says so and exits {EXIT_NOT_SERVED}; with "
+    "this flag it exits 0.")]
 
 route_app = typer.Typer(help="Inspect one route.", no_args_is_help=True)
 
@@ -62,6 +87,8 @@ def _summary(s: RouteState, sep: str = "  ") -> str:
     if s.shadow:
         parts.append(f"shadow={s.shadow.adapter} {s.shadow.percent:g}%")
     parts.append(f"rollback={s.rollback_target or '-'}")
+    if s.policy_version:
+        parts.append(f"policy={s.policy_version}")
     return sep.join(parts)
 
 
@@ -93,6 +120,7 @@ def _show_listing(s: RouteState) -> Listing:
         "canary": f"{s.canary.adapter} ({s.canary.percent:g}%)" if s.canary else "-",
         "shadow": f"{s.shadow.adapter} ({s.shadow.percent:g}%)" if s.shadow else "-",
         "rollback target": s.rollback_target or "-",
+        "policy": s.policy_version or "-",
         "task": s.task.type + (f" ({', '.join(s.task.labels)})" if s.task.labels else ""),
         "updated": f"{s.updated_at.isoformat()} by {s.updated_by}",
         "reason": s.reason,
@@ -107,6 +135,7 @@ def _arms(s: RouteState) -> dict[str, str]:
         "canary": f"{s.canary.adapter} {s.canary.percent:g}%" if s.canary else "-",
         "shadow": f"{s.shadow.adapter} {s.shadow.percent:g}%" if s.shadow else "-",
         "rollback": s.rollback_target or "-",
+        "policy": s.policy_version or "-",
     }
 
 
@@ -137,8 +166,8 @@ def _print_change(out: ChangeOut) -> None:
     console.print(f"[bold]{out.action}[/bold] {s.route}: version {s.version}  {_summary(s)}")
     a = out.applied
     timing = f"committed in {out.commit_ms:.2f} ms"
-    if out.prepare_ms >= 0.01:
-        where = "every replica" if a is not None and a.replicas else "the gateway"
+    if out.prepare_ms >= 0.01 and (a is None or a.replicas):  # else nothing loaded them
+        where = "the gateway" if a is None else "every replica"
         timing = f"{where} loaded the new adapters in {out.prepare_ms:.1f} ms; " + timing
     console.print(timing)
     if a is None:  # the in-process store: the gateway that took the change is the only one
@@ -162,10 +191,26 @@ def _print_change(out: ChangeOut) -> None:
         console.print(f"[yellow]{replica} stopped heartbeating (dropped)[/yellow]")
 
 
-def _change(home: Any, url: str | None, actor: str | None, route: str, action: str,
-            **fields: Any) -> None:
+def run_change(
+    home: Any, url: str | None, actor: str | None, route: str, action: str, *,
+    allow_no_replicas: bool = False, show: Callable[[ChangeOut], None] = _print_change,
+    **fields: Any,
+) -> None:
+    """Make the change and ``show`` it. Made directly on a Redis where no gateway replica is
+    registered, the change is stored but nothing serves it: said on stderr, and the command
+    exits :data:`EXIT_NOT_SERVED` unless ``allow_no_replicas``."""
     out = _run(home, url, actor, lambda c: c.change(route, action, **fields))
-    _print_change(out)
+    show(out)
+    if not nothing_serves(out):
+        return
+    message = not_served_message(out)
+    if allow_no_replicas:
+        err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False,
+                          soft_wrap=True)
+        return
+    err_console.print(f"[red]error:[/red] {message} (pass --allow-no-replicas to accept "
+                      "that)", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_NOT_SERVED)
 
 
 @friendly_errors
@@ -191,51 +236,6 @@ def show_cmd(route: str, home: HomeOpt = None, url: UrlOpt = None,
 
 
 @friendly_errors
-def rollback_cmd(
-    route: str, reason: ReasonOpt, home: HomeOpt = None, url: UrlOpt = None,
-    actor: ActorOpt = None,
-) -> None:
-    """Back to known-good: clear a canary/shadow, else live := rollback target."""
-    _change(home, url, actor, route, "rollback", reason=reason)
-
-
-@friendly_errors
-def canary_cmd(
-    route: str, adapter: str, percent: PercentOpt, reason: ReasonOpt, home: HomeOpt = None,
-    url: UrlOpt = None, actor: ActorOpt = None,
-) -> None:
-    """Send PERCENT % of keys (sticky) to ADAPTER."""
-    _change(home, url, actor, route, "canary", adapter=adapter, percent=percent, reason=reason)
-
-
-@friendly_errors
-def shadow_cmd(
-    route: str, adapter: str, percent: PercentOpt, reason: ReasonOpt, home: HomeOpt = None,
-    url: UrlOpt = None, actor: ActorOpt = None,
-) -> None:
-    """Copy PERCENT % of requests to ADAPTER in the background (never returned)."""
-    _change(home, url, actor, route, "shadow", adapter=adapter, percent=percent, reason=reason)
-
-
-@friendly_errors
-def promote_cmd(
-    route: str, reason: ReasonOpt, home: HomeOpt = None, url: UrlOpt = None,
-    actor: ActorOpt = None,
-) -> None:
-    """Make the canary live; the old live becomes the rollback target."""
-    _change(home, url, actor, route, "promote", reason=reason)
-
-
-@friendly_errors
-def set_live_cmd(
-    route: str, adapter: str, reason: ReasonOpt, home: HomeOpt = None, url: UrlOpt = None,
-    actor: ActorOpt = None,
-) -> None:
-    """Make ADAPTER live for all traffic; the old live becomes the rollback target."""
-    _change(home, url, actor, route, "set-live", adapter=adapter, reason=reason)
-
-
-@friendly_errors
 def audit_cmd(route: str, home: HomeOpt = None, url: UrlOpt = None, limit: LimitOpt = 50,
               as_json: JsonOpt = False) -> None:
     """The last changes of ROUTE (oldest first): version, when, who, why, what changed."""
@@ -246,13 +246,50 @@ def audit_cmd(route: str, home: HomeOpt = None, url: UrlOpt = None, limit: Limit
         print_listing(_audit_listing(out))
 
 
+def _cli_param(p: Param) -> inspect.Parameter:
+    """``p`` as typer reads it: a positional argument, or a required option."""
+    if p.option is None:
+        info: Any = typer.Argument(help=p.help, show_default=False)
+    else:
+        info = typer.Option(p.option, help=p.help, min=p.ge, max=p.le)
+    return inspect.Parameter(p.name, KEYWORD, annotation=Annotated[p.type, info])
+
+
+_COMMON = [  # after the action's own parameters, as every change command always had them
+    inspect.Parameter("reason", KEYWORD, annotation=ReasonOpt),
+    inspect.Parameter("home", KEYWORD, annotation=HomeOpt, default=None),
+    inspect.Parameter("url", KEYWORD, annotation=UrlOpt, default=None),
+    inspect.Parameter("actor", KEYWORD, annotation=ActorOpt, default=None),
+    inspect.Parameter("allow_no_replicas", KEYWORD, annotation=AllowNoReplicasOpt,
+                      default=False),
+]
+
+
+def change_command(spec: ActionSpec) -> Callable[..., None]:
+    """The command running ``spec`` on ROUTE: its parameters from the action's table entry
+    (:mod:`router.flags.actions`), then ``--reason``, ``--home``, ``--url``, ``--actor``,
+    ``--allow-no-replicas``."""
+
+    def command(route: str, reason: str, home: Any = None, url: str | None = None,
+                actor: str | None = None, allow_no_replicas: bool = False,
+                **params: Any) -> None:
+        run_change(home, url, actor, route, spec.name, reason=reason,
+                   allow_no_replicas=allow_no_replicas, **params)
+
+    command.__name__ = f"{spec.method}_cmd"
+    command.__doc__ = spec.help
+    route = inspect.Parameter("route", KEYWORD, annotation=str)
+    command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [route, *(_cli_param(p) for p in spec.params), *_COMMON]
+    )
+    return friendly_errors(command)
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     app.command("routes")(routes_cmd)
     app.add_typer(route_app, name="route")
-    app.command("rollback")(rollback_cmd)
-    app.command("canary")(canary_cmd)
-    app.command("shadow")(shadow_cmd)
-    app.command("promote")(promote_cmd)
-    app.command("set-live")(set_live_cmd)
+    for spec in ACTIONS.values():
+        if spec.cli:
+            app.command(spec.name)(change_command(spec))
     app.command("audit")(audit_cmd)

@@ -18,14 +18,21 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from registry.errors import RouteNotFound
-from router.cli.common import CliError, HomeOpt, ReasonOpt, UrlOpt, console, friendly_errors
-from router.cli.flags import ActorOpt, JsonOpt, _print_change, _run
-from router.cli.output import Col, Listing, echo_json, print_listing
-from router.drift.policy import DEFAULT_POLICY, GuardPolicy, SliceSpec
-from router.flags.client import FlagsClient
-from router.flags.state import RouteState
-from router.flags.views import ChangeOut
+from lora_router.ground.errors import RouteNotFound
+from lora_router.router.cli.common import (
+    CliError,
+    HomeOpt,
+    ReasonOpt,
+    UrlOpt,
+    console,
+    friendly_errors,
+)
+from lora_router.router.cli.flags import ActorOpt, JsonOpt, _print_change, _run
+from lora_router.router.cli.output import Col, Listing, echo_json, print_listing
+from lora_router.router.drift.policy import DEFAULT_POLICY, GuardPolicy, SliceSpec
+from lora_router.router.flags.client import FlagsClient
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.views import ChangeOut
 
 guard_app = typer.Typer(
     help="A route's drift guard: auto-rollback, protected slices, minimum evidence.",

@@ -21,10 +21,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from registry.errors import LoraRouterError
-from registry.home import Home
-from registry.ids import check_name
-from router.cli.common import (
+from lora_router.ground.errors import LoraRouterError
+from lora_router.ground.home import Home
+from lora_router.ground.ids import check_name
+from lora_router.router.cli.common import (
     CliError,
     HomeOpt,
     console,
@@ -32,18 +32,18 @@ from router.cli.common import (
     friendly_errors,
     load_settings,
 )
-from router.drift.assess import Assessment, Group
-from router.drift.flywheel import export_incident
-from router.drift.queries import incident_alerts, require_incident
-from router.drift.report import drift_report, incident_report
-from router.drift.runbook import Lineage, assess_model, main_route, route_view
-from router.drift.runtime import build_drift_store
-from router.drift.store import DriftStore
-from router.drift.triggers import migrate_triggers, triggers
-from router.flags.factory import build_route_store
-from router.flags.store import RouteStore
-from router.log.sink import parse_since
-from router.settings import Settings
+from lora_router.router.drift.assess import Assessment, Group
+from lora_router.router.drift.flywheel import export_incident
+from lora_router.router.drift.queries import incident_alerts, require_incident
+from lora_router.router.drift.report import drift_report, incident_report
+from lora_router.router.drift.runbook import Lineage, assess_model, main_route, route_view
+from lora_router.router.drift.runtime import build_drift_store
+from lora_router.router.drift.store import DriftStore
+from lora_router.router.drift.triggers import migrate_triggers, triggers
+from lora_router.router.flags.factory import build_route_store
+from lora_router.router.flags.store import RouteStore
+from lora_router.router.log.sink import parse_since
+from lora_router.router.settings import Settings
 
 T = TypeVar("T")
 

@@ -14,15 +14,21 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from router.auth.errors import KeyStoreUnavailable
-from router.auth.factory import build_key_store, count_keys
-from router.auth.keys import KeyInfo
-from router.auth.policy import require_app_key
-from router.auth.roles import Role
-from router.auth.store import KeyStore, create_key, revoke_key
-from router.cli.common import HomeOpt, console, err_console, friendly_errors, load_settings
-from router.cli.output import Col, Listing, echo_json, print_listing
-from router.settings import Settings
+from lora_router.router.auth.errors import KeyStoreUnavailable
+from lora_router.router.auth.factory import build_key_store, count_keys
+from lora_router.router.auth.keys import KeyInfo
+from lora_router.router.auth.policy import require_app_key
+from lora_router.router.auth.roles import Role
+from lora_router.router.auth.store import KeyStore, create_key, revoke_key
+from lora_router.router.cli.common import (
+    HomeOpt,
+    console,
+    err_console,
+    friendly_errors,
+    load_settings,
+)
+from lora_router.router.cli.output import Col, Listing, echo_json, print_listing
+from lora_router.router.settings import Settings
 
 T = TypeVar("T")
 

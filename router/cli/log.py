@@ -15,12 +15,12 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from router.cli.common import HomeOpt, console, friendly_errors, load_settings
-from router.cli.output import Col, Listing, echo_jsonl, print_listing
-from router.log import bulk
-from router.log.factory import build_log_writer, build_sink, scrub_local
-from router.log.rows import to_json
-from router.log.sink import LogSink, parse_since
+from lora_router.router.cli.common import HomeOpt, console, friendly_errors, load_settings
+from lora_router.router.cli.output import Col, Listing, echo_jsonl, print_listing
+from lora_router.router.log import bulk
+from lora_router.router.log.factory import build_log_writer, build_sink, scrub_local
+from lora_router.router.log.rows import to_json
+from lora_router.router.log.sink import LogSink, parse_since
 
 T = TypeVar("T")
 

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from router.cli import base_cmd, cost, demo, flags, guard, incident, keys, log, registry_cmd, serve
-from router.cli.helptext import SentenceHelpGroup
+from lora_router.router.cli import (
+    base_cmd,
+    cost,
+    demo,
+    flags,
+    guard,
+    incident,
+    keys,
+    log,
+    policy,
+    registry_cmd,
+    serve,
+)
+from lora_router.router.cli.helptext import SentenceHelpGroup
 
 app = typer.Typer(
     name="lora-router",
@@ -22,6 +34,7 @@ app = typer.Typer(
 for module in (serve, demo, base_cmd, flags, log, cost, registry_cmd, incident, keys):
     module.register(app)
 guard.register(app)  # after the route commands
+policy.register(app)
 
 
 def main() -> None:

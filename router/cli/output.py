@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from router.cli.common import console as default_console
+from lora_router.router.cli.common import console as default_console
 
 # a rich table with edges: one space of padding either side of each cell, one rule
 # between columns and at both edges

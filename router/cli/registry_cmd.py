@@ -12,14 +12,14 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from registry import hf_export, integrity, lifecycle, lineage, service
-from registry.cards import DataSource, LifecycleStatus, RunManifest, Splits
-from registry.errors import AdapterReferenced, LoraRouterError
-from registry.home import Home
-from registry.ingest import subjects_by_split
-from registry.store import RegistryStore
-from registry.trained_on import trained_on
-from router.cli.common import (
+from lora_router.ground.errors import AdapterReferenced, LoraRouterError
+from lora_router.ground.home import Home
+from lora_router.registry import hf_export, integrity, lifecycle, lineage, questions
+from lora_router.registry.cards import DataSource, LifecycleStatus, RunManifest, Splits
+from lora_router.registry.ingest import subjects_by_split
+from lora_router.registry.store import RegistryStore
+from lora_router.registry.trained_on import trained_on
+from lora_router.router.cli.common import (
     CliError,
     HomeOpt,
     console,
@@ -28,15 +28,15 @@ from router.cli.common import (
     require_pinned_home,
     validation_line,
 )
-from router.cli.registry_views import (
+from lora_router.router.cli.registry_views import (
     print_base_impact,
     print_lineage,
     print_problems,
     print_reproduce,
     print_trained_on,
 )
-from router.flags.state import RouteState
-from router.settings import Settings
+from lora_router.router.flags.state import RouteState
+from lora_router.router.settings import Settings
 
 app = typer.Typer(
     name="registry",
@@ -59,16 +59,16 @@ def _home(home: Path | None) -> Home:
     return Home.at(require_pinned_home(load_settings(home)))
 
 
-def _routes(home: Path | None) -> service.Routes:
+def _routes(home: Path | None) -> questions.Routes:
     return _routes_in_force(home)[0]
 
 
-def _routes_in_force(home: Path | None) -> tuple[service.Routes, str]:
+def _routes_in_force(home: Path | None) -> tuple[questions.Routes, str]:
     """The routes in force, and where they were read: the routes file, overlaid with the
     state in Redis when ``REDIS_URL`` is set (a route in Redis wins; one only in the file is
     what a gateway seeds into Redis at start). Redis unreachable: ``FlagStoreUnavailable``."""
     settings = load_settings(home)
-    routes = dict(service.load_routes(Home.at(require_pinned_home(settings)),
+    routes = dict(questions.load_routes(Home.at(require_pinned_home(settings)),
                                       path=settings.routes_path))
     source = str(settings.routes_path)
     if settings.redis_url:
@@ -86,7 +86,7 @@ def _redacted(url: str) -> str:
 
 
 async def _redis_routes(settings: Settings) -> dict[str, RouteState]:
-    from router.flags.factory import open_route_store
+    from lora_router.router.flags.factory import open_route_store
 
     async with open_route_store(settings, seed=False) as store:
         return store.all()
@@ -181,7 +181,7 @@ def register_cmd(
 def _attach_baseline_after_register(h: Home, adapter_id: str) -> None:
     """The drift baseline of a freshly registered adapter; a dataset whose training file
     cannot be read leaves the card without one (said, not fatal)."""
-    from router.drift.baselines import attach_baseline, base_token_counter
+    from lora_router.router.drift.baselines import attach_baseline, base_token_counter
 
     try:
         _, card = attach_baseline(h, adapter_id, token_counter=base_token_counter(h))
@@ -296,7 +296,7 @@ def base_impact_cmd(
     home: HomeOpt = None,
 ) -> None:
     """Every adapter tied to a base, with its dataset card: the migration plan."""
-    impact = service.base_impact(_home(home), base, routes=_routes(home))
+    impact = questions.base_impact(_home(home), base, routes=_routes(home))
     if as_json:
         _echo_json(impact)
     else:
@@ -372,7 +372,7 @@ def reproduce_cmd(
     home: HomeOpt = None,
 ) -> None:
     """Re-run the recorded training; exit 0 if the weights are identical bit for bit."""
-    from registry.reproduce import reproduce
+    from lora_router.training.reproduce import reproduce
 
     result = reproduce(_home(home), adapter_id, seed=seed)
     if as_json:
@@ -406,7 +406,7 @@ def baseline_cmd(
     home: HomeOpt = None,
 ) -> None:
     """Compute an adapter's drift baseline from its lineage and bind it to its model card."""
-    from router.drift.baselines import attach_baseline, base_token_counter
+    from lora_router.router.drift.baselines import attach_baseline, base_token_counter
 
     if (adapter_id is None) == (not all_):
         raise CliError("give exactly one of ADAPTER_ID or --all")

@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 from rich.tree import Tree
 
-from router.cli.common import console
-from router.cli.output import Col, Listing, print_listing
+from lora_router.router.cli.common import console
+from lora_router.router.cli.output import Col, Listing, print_listing
 
 if TYPE_CHECKING:
-    from registry.integrity import Problem
-    from registry.reproduce import ReproduceResult
-    from registry.trained_on import TrainedOnAnswer
+    from lora_router.registry.integrity import Problem
+    from lora_router.registry.trained_on import TrainedOnAnswer
+    from lora_router.training.reproduce import ReproduceResult
 
 
 def print_problems(problems: list[Problem]) -> None:

@@ -5,6 +5,14 @@ from any address (said at start). With no key and no ``LORA_ROUTER_ADMIN_TOKEN``
 API answers loopback clients only (said at start), and a non-loopback ``--host`` is refused
 (exit 2) unless ``--insecure-open-admin`` is given, which opens the admin API to every
 client that reaches the port (loud warning).
+
+``--engine-api`` serves the engine alone, with vLLM's OpenAI protocol
+(:mod:`adapters.engine_server`): a backend for a gateway with ``engine=remote``. It has no
+routes and no admin API, but it loads whatever adapter path it is sent, so on a non-loopback
+``--host`` it needs ``LORA_ROUTER_ENGINE_API_KEY`` (or ``--insecure-open-admin``).
+
+A gateway with ``engine=remote`` checks only the base files it reads (tokenizer, config)
+against the pin: the weights live with its backends, whose bases it checks when it starts.
 """
 
 from __future__ import annotations
@@ -15,10 +23,11 @@ from typing import Annotated
 
 import typer
 
-from adapters.base_pin import verify_base
-from registry.home import Home
-from registry.integrity import verify_adapter
-from router.cli.common import (
+from lora_router.adapters.local_base import verify_local_base
+from lora_router.ground.home import Home
+from lora_router.registry.base_pin import verify_base
+from lora_router.registry.integrity import verify_adapter
+from lora_router.router.cli.common import (
     CliError,
     HomeOpt,
     check_port_free,
@@ -28,10 +37,11 @@ from router.cli.common import (
     load_settings,
     stop_signals_exit_cleanly,
 )
-from router.cli.keys import keys_guard
-from router.flags.factory import check_routes_file
-from router.flags.state import load_routes_file
-from router.settings import Settings
+from lora_router.router.cli.keys import keys_guard
+from lora_router.router.engine_spec import engine_spec
+from lora_router.router.flags.factory import check_routes_file
+from lora_router.router.flags.state import load_routes_file
+from lora_router.router.settings import Settings
 
 
 @friendly_errors
@@ -56,6 +66,15 @@ def serve(
             "who reaches the port can change routes). Default: loopback clients only.",
         ),
     ] = False,
+    engine_api: Annotated[
+        bool,
+        typer.Option(
+            "--engine-api",
+            help="Serve the engine alone with vLLM's OpenAI protocol (/v1/models, "
+            "/v1/completions, /v1/load_lora_adapter, /v1/unload_lora_adapter, /health): a "
+            "backend for a gateway with LORA_ROUTER_ENGINE=remote.",
+        ),
+    ] = False,
 ) -> None:
     """Serve the OpenAI-compatible gateway for a home (base, adapters, routes)."""
     settings = load_settings(
@@ -63,17 +82,20 @@ def serve(
         insecure_open_admin=True if insecure_open_admin else None,
     )
     check_port_free(settings.host, settings.port)  # a busy port: one line, before any loading
+    if engine_api:
+        _serve_engine_api(settings, log_level)
+        return
     _admin_exposure(settings)
     import uvicorn  # slow imports (torch) after the checks that fail fast
 
-    from router.app import create_app
+    from lora_router.router.app import create_app
 
     # Checked here so that a missing/changed base, a bad routes file or a tampered adapter
     # is one clean line, not a lifespan traceback from uvicorn (the lifespan checks again).
     # The routes the file would create must name known adapters, in Redis mode too: there
     # they would reach every replica (only the routes Redis lacks are seeded).
     home_ = Home.at(settings.home)
-    lock = verify_base(home_)
+    lock = verify_local_base(home_) if settings.engine == "remote" else verify_base(home_)
     states = load_routes_file(settings.routes_path)
     check_routes_file(settings, home_)
     if settings.redis_url is None:  # embedded, the routes file is what will be served
@@ -97,6 +119,44 @@ def serve(
             access_log=False,
             timeout_graceful_shutdown=30,
         )
+
+
+def _serve_engine_api(settings: Settings, log_level: str) -> None:
+    """``--engine-api``: the engine behind vLLM's protocol, for a remote gateway."""
+    key = settings.engine_api_key
+    if key is None and not settings.loopback_host:
+        if not settings.insecure_open_admin:
+            raise CliError(
+                f"refusing to serve the engine API on {settings.host} without an API key: "
+                "it loads any adapter path it is sent; set LORA_ROUTER_ENGINE_API_KEY, bind "
+                "a loopback --host, or pass --insecure-open-admin"
+            )
+        err_console.print(
+            "[bold red]WARNING: the engine API has no API key and answers every client "
+            f"that reaches {settings.host}:{settings.port}.[/]", highlight=False, soft_wrap=True,
+        )
+    import uvicorn
+
+    from lora_router.adapters.engine_server import create_engine_app
+    from lora_router.adapters.factory import build_engine
+
+    home_ = Home.at(settings.home)
+    lock = verify_base(home_)  # one clean line for a changed base (the engine checks again)
+    spec = engine_spec(settings)
+    app = create_engine_app(
+        lambda: build_engine(spec, home_),
+        api_key=key.get_secret_value() if key is not None else None,
+        base_root=str(home_.base_dir),
+    )
+    sys.setswitchinterval(settings.switch_interval_s)
+    console.print(
+        f"serving the engine API for base [bold]{lock.name}[/bold] ({lock.sha256[:12]}) from "
+        f"{settings.home} on http://{settings.host}:{settings.port}",
+        highlight=False, soft_wrap=True,
+    )
+    with stop_signals_exit_cleanly():
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level,
+                    lifespan="on", access_log=False, timeout_graceful_shutdown=30)
 
 
 def _admin_exposure(settings: Settings) -> None:

@@ -9,27 +9,25 @@
   no key exists). The page polls it every ``refresh_s`` with the person's key, and makes
   changes through the admin API itself (``POST /admin/routes/{route}/rollback``).
 
-The router's lifespan (run inside the app's, once the route service exists) builds the
-:class:`DashboardService` on ``app.state.dashboard`` and closes its database reader.
+The :class:`DashboardService` is one of the gateway's components
+(``router.components.build_components`` builds it and closes its database reader), injected
+through ``router.api.deps.dashboard``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from functools import cache
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from starlette.responses import Response
 
-from registry.errors import LoraRouterError
-from router.api.access import AdminAccess, Principal, require_oncall
-from router.api.openapi import HTML_PAGE, error_responses
-from router.dashboard.service import DashboardService
-from router.dashboard.views import DashboardState, Viewer, Window
+from lora_router.router.api.access import Principal, require_oncall
+from lora_router.router.api.deps import AdminAccessDep, DashboardDep
+from lora_router.router.api.openapi import HTML_PAGE, error_responses
+from lora_router.router.dashboard.views import DashboardState, Viewer, Window
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -45,48 +43,17 @@ _HEADERS = {
 _ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 
 
-class DashboardUnavailable(LoraRouterError):
-    """The dashboard's state was asked for before the gateway finished starting."""
-
-    status_code = 503
-    code = "dashboard_unavailable"
+router = APIRouter()
 
 
-@asynccontextmanager
-async def lifespan(app: Any) -> AsyncIterator[None]:
-    components = getattr(app.state, "components", None)
-    routes = getattr(app.state, "route_service", None)
-    dashboard = None
-    if components is not None and routes is not None:
-        dashboard = DashboardService.build(components.settings, components.home, routes)
-        app.state.dashboard = dashboard
-    try:
-        yield
-    finally:
-        if dashboard is not None:
-            app.state.dashboard = None
-            await dashboard.close()
-
-
-router = APIRouter(lifespan=lifespan)
-
-
-async def check_host(request: Request) -> None:
+async def check_host(request: Request, access: AdminAccessDep) -> None:
     """The admin API's ``Host`` check (403 for a name that is not the gateway's)."""
-    access: AdminAccess = getattr(request.app.state, "admin_access", None) or AdminAccess()
     access.check_host(request.headers.get("host"))
-
-
-async def get_dashboard(request: Request) -> DashboardService:
-    dashboard: DashboardService | None = getattr(request.app.state, "dashboard", None)
-    if dashboard is None:
-        raise DashboardUnavailable("the dashboard is not ready yet")
-    return dashboard
 
 
 @cache
 def asset(name: str) -> bytes:
-    return (resources.files("router.dashboard") / "static" / name).read_bytes()
+    return (resources.files("lora_router.router.dashboard") / "static" / name).read_bytes()
 
 
 @router.get(
@@ -118,7 +85,7 @@ for _name in _ASSETS:
 )
 async def dashboard_state(
     principal: Annotated[Principal, Depends(require_oncall)],
-    dashboard: Annotated[DashboardService, Depends(get_dashboard)],
+    dashboard: DashboardDep,
     window: Annotated[Window, Query(description="The traffic window: 15m or 1h.")] = "15m",
 ) -> DashboardState:
     """Routes with their audit, traffic per adapter and slice, open alerts and incidents."""

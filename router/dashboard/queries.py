@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from router.dashboard.histogram import bin_sql
-from router.dashboard.reader import LogReader
-from router.drift.events import Alert, Incident
-from router.drift.store import json_in, ts_in
+from lora_router.router.dashboard.histogram import bin_sql
+from lora_router.router.dashboard.reader import LogReader
+from lora_router.router.drift.events import Alert, Incident
+from lora_router.router.drift.store import json_in, ts_in
 
 _ALERT_COLS = (
     "id", "created_at", "route", "model_id", "arm", "signal", "detector", "method", "severity",

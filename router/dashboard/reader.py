@@ -6,7 +6,7 @@ interrupted after ``timeout_s``; PostgreSQL: ``statement_timeout``) and runs off
 loop (SQLite: one dedicated thread; PostgreSQL: an async connection). SQL is written once
 with ``?`` placeholders. What is not there yet (no log written, no drift tables) reads as
 absent (:meth:`LogReader.has_table`); a database that cannot be read raises
-:class:`~registry.errors.LogStoreUnavailable`.
+:class:`~ground.errors.LogStoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from registry.errors import LogStoreUnavailable
-from router.log.rows import as_utc
+from lora_router.ground.errors import LogStoreUnavailable
+from lora_router.router.log.rows import as_utc
 
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]

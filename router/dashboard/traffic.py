@@ -10,10 +10,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from router.dashboard.histogram import quantile
-from router.dashboard.queries import Counts
-from router.dashboard.views import DriftBadge, DriftLevel, ModelStats, Point, SliceStats
-from router.drift.events import Alert
+from lora_router.router.dashboard.histogram import quantile
+from lora_router.router.dashboard.queries import Counts
+from lora_router.router.dashboard.views import DriftBadge, DriftLevel, ModelStats, Point, SliceStats
+from lora_router.router.drift.events import Alert
 
 ALL = "all"
 _UNKNOWN = DriftBadge(status="unknown", alerts=0)

@@ -8,12 +8,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from router.drift.events import Alert, Incident
-from router.drift.policy import GuardPolicy
-from router.flags.state import RouteState, Split
-from router.flags.store import AuditEntry
-from router.flags.views import StoreOut
-from router.log.cost import CostReport
+from lora_router.router.drift.events import Alert, Incident
+from lora_router.router.drift.policy import GuardPolicy
+from lora_router.router.flags.state import RouteState, Split
+from lora_router.router.flags.store import AuditEntry
+from lora_router.router.flags.views import StoreOut
+from lora_router.router.log.cost import CostReport
 
 Window = Literal["15m", "1h"]
 DriftLevel = Literal["ok", "warning", "critical", "off", "unknown"]

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING
 import httpx
 from prometheus_client import Counter, Gauge
 
-from router.drift.events import Alert, OutboxItem
+from lora_router.router.drift.events import Alert, OutboxItem
 
 if TYPE_CHECKING:
-    from router.drift.inputs import StreamInputs
-    from router.drift.quality import StreamQuality
-    from router.drift.store import DriftStore
+    from lora_router.router.drift.inputs import StreamInputs
+    from lora_router.router.drift.quality import StreamQuality
+    from lora_router.router.drift.store import DriftStore
 
 log = logging.getLogger(__name__)
 

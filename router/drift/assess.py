@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from router.drift import stats
-from router.drift.baselines import NUMERIC
-from router.drift.groups import (
+from lora_router.router.drift import stats
+from lora_router.router.drift.baselines import NUMERIC
+from lora_router.router.drift.groups import (
     Keyer,
     entity_keyer,
     numeric_keyer,
@@ -38,7 +38,7 @@ from router.drift.groups import (
     slice_features,
     slice_keyer,
 )
-from router.drift.queries import LogEntry
+from lora_router.router.drift.queries import LogEntry
 
 MIN_GROUP = 10  # labelled requests a group needs before it can be the failing cluster
 P_FAILING = 0.01

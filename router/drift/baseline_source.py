@@ -12,10 +12,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from registry.errors import LoraRouterError
-from registry.home import Home
-from registry.store import RegistryStore
-from router.drift.baseline_model import Baseline
+from lora_router.ground.errors import LoraRouterError
+from lora_router.ground.home import Home
+from lora_router.registry.store import RegistryStore
+from lora_router.router.drift.baseline_model import Baseline
 
 log = logging.getLogger(__name__)
 

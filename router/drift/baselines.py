@@ -21,19 +21,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from registry.cards import ArtifactRef, ModelCard
-from registry.errors import RegistryError
-from registry.hashing import sha256_file
-from registry.home import Home
-from registry.store import RegistryStore, registry_lock
-from router.drift.baseline_model import NO_LABEL, QUANTILE_LEVELS, Baseline
-from router.drift.baseline_source import gates_from_eval
-from router.log.features import TokenCounter, compute_features
+from lora_router.ground.errors import RegistryError
+from lora_router.ground.hashing import sha256_file
+from lora_router.ground.home import Home
+from lora_router.registry.cards import ArtifactRef, ModelCard
+from lora_router.registry.store import RegistryStore, registry_lock
+from lora_router.router.drift.baseline_model import NO_LABEL, QUANTILE_LEVELS, Baseline
+from lora_router.router.drift.baseline_source import gates_from_eval
+from lora_router.router.log.features import TokenCounter, compute_features
 
 BASELINES_DIR = "baselines"  # under <home>/registry/
 CATEGORICAL = ("language",)
 NUMERIC = ("chars", "words", "tokens")
-DEFAULT_PROMPT = "Ticket: {text}\nCategory:"  # adapters.training.TrainConfig's defaults
+DEFAULT_PROMPT = "Ticket: {text}\nCategory:"  # training.lora.TrainConfig's defaults
 DEFAULT_COMPLETION = " {label}"
 _DIGITS = 6
 
@@ -141,7 +141,7 @@ def base_token_counter(home: Home) -> TokenCounter:
     base's tokenizer cannot be loaded."""
     from transformers import AutoTokenizer
 
-    from adapters.decoding import Codec
+    from lora_router.adapters.decoding import Codec
 
     try:
         codec = Codec(AutoTokenizer.from_pretrained(str(home.base_dir)))

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from router.drift.assess import Rate
-from router.drift.inputs import KS_D_MIN, PSI_ALERT
-from router.drift.signals import MIN_LABELLED, Signals
+from lora_router.router.drift.assess import Rate
+from lora_router.router.drift.inputs import KS_D_MIN, PSI_ALERT
+from lora_router.router.drift.signals import MIN_LABELLED, Signals
 
 DPI = 100
 

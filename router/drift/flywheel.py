@@ -39,12 +39,12 @@ from typing import Any
 
 import yaml
 
-from registry.cards import DatasetCard, DataSource, Splits
-from registry.hashing import sha256_file, tree_hash
-from registry.home import Home
-from router.drift.events import Alert
-from router.drift.groups import slice_features, slice_keyer
-from router.drift.queries import (
+from lora_router.ground.hashing import sha256_file, tree_hash
+from lora_router.ground.home import Home
+from lora_router.registry.cards import DatasetCard, DataSource, Splits
+from lora_router.router.drift.events import Alert
+from lora_router.router.drift.groups import slice_features, slice_keyer
+from lora_router.router.drift.queries import (
     DriftRecordNotFound,
     LogEntry,
     entries,
@@ -52,9 +52,14 @@ from router.drift.queries import (
     require_incident,
     stored_prompts,
 )
-from router.drift.runbook import Lineage
-from router.drift.store import DriftStore
-from router.drift.triggers import Trigger, mark_exported, migrate_triggers, record_trigger
+from lora_router.router.drift.runbook import Lineage
+from lora_router.router.drift.store import DriftStore
+from lora_router.router.drift.triggers import (
+    Trigger,
+    mark_exported,
+    migrate_triggers,
+    record_trigger,
+)
 
 FLYWHEEL_DIR = "flywheel"
 QUALITY_SIGNALS = ("quality", "slice_quality")

@@ -12,8 +12,8 @@ import bisect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from router.drift.policy import SliceSpec, feature_value
-from router.drift.queries import LogEntry
+from lora_router.router.drift.policy import SliceSpec, feature_value
+from lora_router.router.drift.queries import LogEntry
 
 DEFAULT_SLICE_FEATURES = ("language",)
 

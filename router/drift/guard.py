@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from registry.errors import FlagStoreUnavailable, RouteChangeRefused, VersionConflict
-from router.drift import alerts as metrics
-from router.drift.events import Alert, GuardStatus, IncidentStatus
-from router.drift.store import DriftStore
-from router.flags.service import ChangeResult, RouteService
-from router.flags.state import RouteState
+from lora_router.ground.errors import FlagStoreUnavailable, RouteChangeRefused, VersionConflict
+from lora_router.router.drift import alerts as metrics
+from lora_router.router.drift.events import Alert, GuardStatus, IncidentStatus
+from lora_router.router.drift.store import DriftStore
+from lora_router.router.flags.route_service import ChangeResult, RouteService
+from lora_router.router.flags.state import RouteState
 
 log = logging.getLogger(__name__)
 

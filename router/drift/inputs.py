@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from router.drift import stats
-from router.drift.baseline_model import NO_LABEL, Baseline
-from router.drift.events import LogRow
-from router.drift.policy import feature_value
+from lora_router.router.drift import stats
+from lora_router.router.drift.baseline_model import NO_LABEL, Baseline
+from lora_router.router.drift.events import LogRow
+from lora_router.router.drift.policy import feature_value
 
 PSI_ALERT, PSI_CLEAR = 0.25, 0.10
 KS_P_ALERT, KS_D_MIN = 1e-3, 0.10

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import redis.asyncio as aredis
 
-from router.flags.listener import NETWORK_ERRORS
+from lora_router.router.flags.listener import NETWORK_ERRORS
 
 log = logging.getLogger(__name__)
 

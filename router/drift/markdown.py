@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from router.drift.assess import MIN_GROUP, Assessment, Group
-from router.drift.events import Alert, Incident
-from router.drift.triggers import Trigger
-from router.flags.state import RouteState
-from router.flags.store import AuditEntry
+from lora_router.router.drift.assess import MIN_GROUP, Assessment, Group
+from lora_router.router.drift.events import Alert, Incident
+from lora_router.router.drift.triggers import Trigger
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.store import AuditEntry
 
 
 def ts(value: datetime | None) -> str:

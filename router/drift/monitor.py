@@ -25,16 +25,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from router.drift import alerts as metrics
-from router.drift.baseline_model import Baseline
-from router.drift.baseline_source import BaselineFn
-from router.drift.events import Alert, AlertIn, Checkpoint, LogRow
-from router.drift.inputs import DriftFinding, StreamInputs
-from router.drift.policy import DEFAULT_POLICY, GuardPolicy
-from router.drift.quality import OVERALL, QualityAlarm, StreamQuality
-from router.drift.store import DriftStore
-from router.flags.state import RouteState
-from router.flags.store import RouteStore
+from lora_router.router.drift import alerts as metrics
+from lora_router.router.drift.baseline_model import Baseline
+from lora_router.router.drift.baseline_source import BaselineFn
+from lora_router.router.drift.events import Alert, AlertIn, Checkpoint, LogRow
+from lora_router.router.drift.inputs import DriftFinding, StreamInputs
+from lora_router.router.drift.policy import DEFAULT_POLICY, GuardPolicy
+from lora_router.router.drift.quality import OVERALL, QualityAlarm, StreamQuality
+from lora_router.router.drift.store import DriftStore
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.store import RouteStore
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import psycopg
 
-from registry.errors import LogStoreUnavailable
-from router.drift import schema
-from router.drift.events import LogRow, Position
-from router.drift.store import LOG_COLS, DriftStore, Tx, log_row
-from router.log.schema import pending
+from lora_router.ground.errors import LogStoreUnavailable
+from lora_router.router.drift import schema
+from lora_router.router.drift.events import LogRow, Position
+from lora_router.router.drift.store import LOG_COLS, DriftStore, Tx, log_row
+from lora_router.router.log.schema import pending
 
 _MIGRATION_LOCK = 0x6C6F7278  # pg_advisory_xact_lock key of the drift migrations
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)

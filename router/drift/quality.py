@@ -25,10 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from router.drift.baseline_model import Baseline
-from router.drift.events import LogRow
-from router.drift.policy import GuardPolicy, SliceSpec
-from router.drift.sequential import BernoulliCusum, CusumDesign, Observation, design_cusum
+from lora_router.router.drift.baseline_model import Baseline
+from lora_router.router.drift.events import LogRow
+from lora_router.router.drift.policy import GuardPolicy, SliceSpec
+from lora_router.router.drift.sequential import (
+    BernoulliCusum,
+    CusumDesign,
+    Observation,
+    design_cusum,
+)
 
 OVERALL = "overall"
 OVERALL_PART = 0.25  # the overall test's part of the budget when slices are protected

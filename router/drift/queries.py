@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from registry.errors import LoraRouterError
-from router.drift.events import Alert, Incident
-from router.drift.store import DriftStore, json_in, ts_in
+from lora_router.ground.errors import LoraRouterError
+from lora_router.router.drift.events import Alert, Incident
+from lora_router.router.drift.store import DriftStore, json_in, ts_in
 
 _IN_CHUNK = 500  # ids per IN (...) list
 

@@ -27,14 +27,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from registry.errors import RouteNotFound
-from registry.home import Home
-from router.drift import markdown as md
-from router.drift.assess import Assessment, assess, pick_comparison
-from router.drift.charts import Marker, render_all, render_groups
-from router.drift.events import Alert, Incident
-from router.drift.groups import slice_features
-from router.drift.queries import (
+from lora_router.ground.errors import RouteNotFound
+from lora_router.ground.home import Home
+from lora_router.router.drift import markdown as md
+from lora_router.router.drift.assess import Assessment, assess, pick_comparison
+from lora_router.router.drift.charts import Marker, render_all, render_groups
+from lora_router.router.drift.events import Alert, Incident
+from lora_router.router.drift.groups import slice_features
+from lora_router.router.drift.queries import (
     DriftRecordNotFound,
     LogEntry,
     entries,
@@ -42,11 +42,11 @@ from router.drift.queries import (
     require_incident,
     route_models,
 )
-from router.drift.runbook import Lineage, RouteView, assess_model, held_to, route_view
-from router.drift.signals import Signals, compute_signals
-from router.drift.store import DriftStore
-from router.drift.triggers import migrate_triggers, triggers
-from router.flags.store import AuditEntry, RouteStore
+from lora_router.router.drift.runbook import Lineage, RouteView, assess_model, held_to, route_view
+from lora_router.router.drift.signals import Signals, compute_signals
+from lora_router.router.drift.store import DriftStore
+from lora_router.router.drift.triggers import migrate_triggers, triggers
+from lora_router.router.flags.store import AuditEntry, RouteStore
 
 PAD = timedelta(hours=1)
 

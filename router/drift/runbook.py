@@ -15,18 +15,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from registry.cards import DatasetCard
-from registry.errors import LoraRouterError
-from registry.home import Home
-from registry.store import RegistryStore
-from router.drift.assess import Assessment, assess, pick_comparison
-from router.drift.baseline_model import Baseline
-from router.drift.baseline_source import BaselineSource
-from router.drift.baselines import load_baseline
-from router.drift.queries import DriftRecordNotFound, entries, model_routes, route_models
-from router.drift.store import DriftStore
-from router.flags.state import RouteState
-from router.flags.store import AuditEntry, RouteStore
+from lora_router.ground.errors import LoraRouterError
+from lora_router.ground.home import Home
+from lora_router.registry.cards import DatasetCard
+from lora_router.registry.store import RegistryStore
+from lora_router.router.drift.assess import Assessment, assess, pick_comparison
+from lora_router.router.drift.baseline_model import Baseline
+from lora_router.router.drift.baseline_source import BaselineSource
+from lora_router.router.drift.baselines import load_baseline
+from lora_router.router.drift.queries import (
+    DriftRecordNotFound,
+    entries,
+    model_routes,
+    route_models,
+)
+from lora_router.router.drift.store import DriftStore
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.store import AuditEntry, RouteStore
 
 
 @dataclass(frozen=True)

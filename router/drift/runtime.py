@@ -6,7 +6,9 @@ holder reads the log, raises alerts and runs the guard. Webhook delivery (when
 ``drift_webhook_url`` is set) runs in its own task, so a slow webhook never delays
 detection. Both loops survive every error (logged, counted, backed off) and report their
 liveness in :meth:`status`. The monitor's store is the inference log's database
-(``DATABASE_URL``, else ``<home>/log/inference.db``).
+(``DATABASE_URL``, else ``<home>/log/inference.db``). The lease's Redis client is the
+process's (:class:`router.flags.redis_client.RedisClients`), passed in by the gateway's
+components; one is made (and closed with the runtime) only when none is given.
 
 After the guard has handled a round's alerts, each new quality or slice-quality alert goes
 to the correction flywheel (:func:`router.drift.flywheel.on_alert`: a retraining trigger and
@@ -25,24 +27,25 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from registry.errors import ConfigError
-from registry.home import Home
-from router.drift import alerts
-from router.drift.alerts import OutboxDelivery, WebhookSender
-from router.drift.baseline_source import BaselineSource, StoredLoader
-from router.drift.baselines import load_baseline
-from router.drift.events import Alert
-from router.drift.flywheel import QUALITY_SIGNALS, on_alert
-from router.drift.guard import Guard
-from router.drift.lease import Lease, LocalLease, RedisLease
-from router.drift.monitor import DriftMonitor, TickReport
-from router.drift.pg_store import PostgresDriftStore
-from router.drift.sqlite_store import SqliteDriftStore
-from router.drift.store import DriftStore
-from router.flags.loops import LoopHealth
-from router.flags.service import RouteService
-from router.log.factory import sqlite_path
-from router.settings import Settings
+from lora_router.ground.errors import ConfigError
+from lora_router.ground.home import Home
+from lora_router.router.drift import alerts
+from lora_router.router.drift.alerts import OutboxDelivery, WebhookSender
+from lora_router.router.drift.baseline_source import BaselineSource, StoredLoader
+from lora_router.router.drift.baselines import load_baseline
+from lora_router.router.drift.events import Alert
+from lora_router.router.drift.flywheel import QUALITY_SIGNALS, on_alert
+from lora_router.router.drift.guard import Guard
+from lora_router.router.drift.lease import Lease, LocalLease, RedisLease
+from lora_router.router.drift.monitor import DriftMonitor, TickReport
+from lora_router.router.drift.pg_store import PostgresDriftStore
+from lora_router.router.drift.sqlite_store import SqliteDriftStore
+from lora_router.router.drift.store import DriftStore
+from lora_router.router.flags.loops import LoopHealth
+from lora_router.router.flags.redis_client import lease_client
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.log.factory import sqlite_path
+from lora_router.router.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +97,19 @@ class DriftRuntime:
     @classmethod
     def build(
         cls, settings: Settings, home: Home, service: RouteService, *, holder: str,
-        stored: StoredLoader | None = load_baseline,
+        stored: StoredLoader | None = load_baseline, redis: aredis.Redis | None = None,
     ) -> DriftRuntime:
-        """From settings (see the module docstring); nothing starts until :meth:`start`."""
+        """From settings (see the module docstring); nothing starts until :meth:`start`.
+        ``redis``: the lease's client when ``settings.redis_url`` is set (its owner closes
+        it); without one the runtime makes its own."""
         store = build_drift_store(settings, home)
         sender = build_webhook(settings)
-        client = None
+        client = None  # made here, so closed here
         lease: Lease = LocalLease(holder)
         if settings.redis_url:
-            client = aredis.Redis.from_url(settings.redis_url, socket_timeout=2.0,
-                                           socket_connect_timeout=2.0)
-            lease = RedisLease(client, holder, ttl_s=settings.drift_lease_ttl_s)
+            if redis is None:
+                redis = client = lease_client(settings.redis_url)
+            lease = RedisLease(redis, holder, ttl_s=settings.drift_lease_ttl_s)
         monitor = DriftMonitor(store, service.store, BaselineSource(home, stored=stored),
                                holder=holder, outbox=sender is not None,
                                window=settings.drift_window)

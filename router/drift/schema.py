@@ -26,7 +26,7 @@ that two monitors can never both commit a tick).
 
 from __future__ import annotations
 
-from router.log.schema import Migration
+from lora_router.router.log.schema import Migration
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS drift_schema_migrations (
     version INTEGER PRIMARY KEY,

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from router.drift.stats import wilson_interval
+from lora_router.router.drift.stats import wilson_interval
 
 MAX_STATES = 2500  # bound on the Markov chain's size (and the solve's cost)
 _ARL_GRID = 1.05  # ARL targets are rounded up to this geometric grid (cache-friendly)

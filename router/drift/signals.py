@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from router.drift import stats
-from router.drift.assess import Rate
-from router.drift.baseline_model import NO_LABEL, Baseline
-from router.drift.groups import slice_keyer
-from router.drift.policy import feature_value
-from router.drift.queries import LogEntry
+from lora_router.router.drift import stats
+from lora_router.router.drift.assess import Rate
+from lora_router.router.drift.baseline_model import NO_LABEL, Baseline
+from lora_router.router.drift.groups import slice_keyer
+from lora_router.router.drift.policy import feature_value
+from lora_router.router.drift.queries import LogEntry
 
 BaselineFn = Callable[[str], Baseline | None]
 _WIDTHS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,

@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from registry.errors import LogStoreUnavailable
-from router.drift import schema
-from router.drift.events import LogRow, Position
-from router.drift.store import LOG_COLS, DriftStore, Tx, log_row
-from router.log.rows import as_utc
-from router.log.schema import pending
+from lora_router.ground.errors import LogStoreUnavailable
+from lora_router.router.drift import schema
+from lora_router.router.drift.events import LogRow, Position
+from lora_router.router.drift.store import LOG_COLS, DriftStore, Tx, log_row
+from lora_router.router.log.rows import as_utc
+from lora_router.router.log.schema import pending
 
 T = TypeVar("T")
 

@@ -25,8 +25,8 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from registry.errors import VersionConflict
-from router.drift.events import (
+from lora_router.ground.errors import VersionConflict
+from lora_router.router.drift.events import (
     Alert,
     AlertIn,
     Checkpoint,

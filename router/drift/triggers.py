@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from router.drift.events import Alert
-from router.drift.store import DriftStore, Tx, json_in, ts_in
-from router.log.schema import Migration, pending
+from lora_router.router.drift.events import Alert
+from lora_router.router.drift.store import DriftStore, Tx, json_in, ts_in
+from lora_router.router.log.schema import Migration, pending
 
 
 class Trigger(BaseModel):

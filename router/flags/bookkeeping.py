@@ -1,7 +1,7 @@
 """What a route change records after it was answered: the ``on_commit`` hook, off the path.
 
 The on-call's change is answered as soon as every replica applied it. What the registry
-records about it (model-card status and history, :mod:`registry.route_status`) is written
+records about it (model-card status and history, :mod:`router.flags.route_status`) is written
 afterwards, by one background task that calls the hook in a worker thread, never on the
 event loop. Changes queued while a call runs are coalesced per route: the hook gets the
 first queued change's ``before`` and the last one's ``after``; the card rule depends on the
@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from router.flags.state import RouteState
+from lora_router.router.flags.state import RouteState
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,14 @@ route name is percent-escaped into the path; a name no route can have (``a/b``, 
 
 Directly, read-only calls (routes, show, audit) never write: a change first creates its
 route from the home's routes file when Redis lacks it (checked like any seed: an unknown
-or retired adapter is refused before anything is written).
+or retired adapter is refused before anything is written). The route service is assembled
+as the gateway assembles its own (:func:`router.flags.runtime.build_route_service`): every
+live gateway replica loads a change's new adapters before it commits.
+
+A direct change that reached no gateway replica, because none is registered on that Redis,
+is stored all the same, but nothing serves it yet: :func:`nothing_serves` tells, and
+:func:`not_served_message` says so plainly (the CLI prints it and exits non-zero, so that an
+on-call rollback that took effect nowhere never reads as done).
 """
 
 from __future__ import annotations
@@ -24,21 +31,35 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
-import redis.asyncio as aredis
 
-from registry.errors import ConfigError, InvalidId, LoraRouterError, RouteNotFound
-from registry.home import Home
-from registry.ids import check_name
-from router.drift.policy import GuardPolicy
-from router.flags.factory import home_known_adapters, open_route_store, seed_routes_file
-from router.flags.replicas import ReplicaRegistry
-from router.flags.runtime import registry_hooks
-from router.flags.service import RouteService
-from router.flags.state import RouteState
-from router.flags.views import AuditOut, ChangeOut, RoutesOut, StoreOut
-from router.settings import Settings
+from lora_router.ground.errors import ConfigError, InvalidId, LoraRouterError, RouteNotFound
+from lora_router.ground.home import Home
+from lora_router.ground.ids import check_name
+from lora_router.router.drift.policy import GuardPolicy
+from lora_router.router.flags.factory import open_route_store, seed_routes_file
+from lora_router.router.flags.redis_client import RedisClients
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.runtime import build_route_service, replica_registry
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.views import AuditOut, ChangeOut, RoutesOut, StoreOut
+from lora_router.router.settings import Settings
 
-ACTIONS = ("rollback", "canary", "shadow", "promote", "set-live")
+
+def nothing_serves(change: ChangeOut) -> bool:
+    """Whether a change made directly in Redis reached no live gateway replica (none was
+    registered, or every one stopped heartbeating before applying it)."""
+    return change.applied is not None and not change.applied.replicas
+
+
+def not_served_message(change: ChangeOut) -> str:
+    """What to tell the person who made a change that :func:`nothing_serves`."""
+    s = change.state
+    return (
+        f"{change.action} {s.route}: version {s.version} is STORED in Redis, but NOTHING "
+        "SERVES IT YET: no gateway replica is registered on this Redis (REDIS_URL), so none "
+        "applied it and no adapter was loaded; it takes effect when a gateway starts on "
+        "this Redis"
+    )
 
 
 class FlagsClient(Protocol):
@@ -177,25 +198,16 @@ async def open_client(
             "no gateway and no Redis: pass --url http://HOST:PORT of a running gateway, "
             "or set REDIS_URL to change the routes in Redis directly"
         )
-    async with open_route_store(settings) as store:
-        redis = aredis.Redis.from_url(
-            settings.redis_url, socket_timeout=settings.flags_ack_timeout_s + 1,
-            socket_connect_timeout=2.0,
-        )
-        try:
-            registry = ReplicaRegistry(redis, settle_s=settings.replica_ttl_s)
-            home = Home.at(settings.home)
-            on_commit, default_rollback = registry_hooks(home, store)
-            service = RouteService(
-                store,
-                known_adapters=home_known_adapters(home),
-                prepare=registry.load_gate(settings.flags_ack_timeout_s),
-                replicas=registry,
-                apply_timeout_s=settings.flags_apply_timeout_s,
-                on_commit=on_commit,
-                default_rollback=default_rollback,
+    clients = RedisClients.of(settings)
+    try:
+        async with open_route_store(settings, clients=clients) as store:
+            service = build_route_service(
+                settings, Home.at(settings.home), store,
+                registry=replica_registry(settings, clients),
             )
-            yield ServiceClient(service, actor, settings.routes_path)
-            await service.settle()  # the cards' record of the change, before the CLI exits
-        finally:
-            await redis.aclose()
+            try:
+                yield ServiceClient(service, actor, settings.routes_path)
+            finally:  # the cards' record of a change (stored, served or not) before exit
+                await service.settle()
+    finally:
+        await clients.aclose()

@@ -23,9 +23,9 @@ import logging
 
 import redis.asyncio as aredis
 
-from registry.errors import FlagStoreUnavailable, ReplicaRegistrySettling
-from router.flags import keys, scripts
-from router.flags.loops import NETWORK_ERRORS, REDIS_ERRORS
+from lora_router.ground.errors import FlagStoreUnavailable, ReplicaRegistrySettling
+from lora_router.router.flags import keys, scripts
+from lora_router.router.flags.loops import NETWORK_ERRORS, REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 

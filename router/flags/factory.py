@@ -19,29 +19,39 @@ from pathlib import Path
 
 import redis
 
-from registry import route_status
-from registry.card_cache import CardCache
-from registry.errors import AdapterNotFound, ConfigError, FlagStoreUnavailable, LoraRouterError
-from registry.home import Home
-from router.flags import keys
-from router.flags.redis_store import RedisRouteStore
-from router.flags.service import RouteService
-from router.flags.sqlite_store import SqliteRouteStore
-from router.flags.state import check_route_adapters, load_routes_file
-from router.flags.store import RouteStore
-from router.settings import Settings
+from lora_router.ground.errors import (
+    AdapterNotFound,
+    ConfigError,
+    FlagStoreUnavailable,
+    LoraRouterError,
+)
+from lora_router.ground.home import Home
+from lora_router.registry.card_cache import CardCache
+from lora_router.router.flags import keys, route_status
+from lora_router.router.flags.redis_client import CHECK_TIMEOUT_S, RedisClients, sync_client
+from lora_router.router.flags.redis_store import RedisRouteStore
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.sqlite_store import SqliteRouteStore
+from lora_router.router.flags.state import check_route_adapters, load_routes_file
+from lora_router.router.flags.store import RouteStore
+from lora_router.router.settings import Settings
 
 
 def default_replica_id(settings: Settings) -> str:
     return settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def build_route_store(settings: Settings, *, replica_id: str | None = None) -> RouteStore:
+def build_route_store(
+    settings: Settings, *, replica_id: str | None = None, clients: RedisClients | None = None
+) -> RouteStore:
     """Redis when ``settings.redis_url`` is set, else the durable embedded store in the
-    SQLite file ``settings.flags_db_path`` (not started)."""
+    SQLite file ``settings.flags_db_path`` (not started). ``clients``: the process's Redis
+    clients (the store then makes none of its own)."""
     if settings.redis_url:
         return RedisRouteStore(
-            settings.redis_url, resync_s=settings.flags_resync_s, replica_id=replica_id
+            settings.redis_url, resync_s=settings.flags_resync_s, replica_id=replica_id,
+            client=clients.store if clients else None,
+            listener_client=clients.listener if clients else None,
         )
     return SqliteRouteStore(settings.flags_db_path)
 
@@ -104,10 +114,10 @@ def check_routes_file(settings: Settings, home: Home) -> None:
         raise ConfigError(f"routes file {path}: {exc.message}", **exc.detail) from exc
 
 
-def stored_route_names(redis_url: str, timeout_s: float = 2.0) -> set[str]:
+def stored_route_names(redis_url: str, timeout_s: float = CHECK_TIMEOUT_S) -> set[str]:
     """The routes that exist in Redis (one blocking read, for checks before start)."""
-    client = redis.Redis.from_url(
-        redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    client = sync_client(
+        redis_url, purpose="route-check", timeout_s=timeout_s, connect_timeout_s=timeout_s
     )
     try:
         names = client.hkeys(keys.ROUTES)
@@ -129,7 +139,7 @@ def holds_home_routes(settings: Settings) -> bool:
 
 async def reconcile_cards(settings: Settings, home: Home, store: RouteStore) -> None:
     """At start: bring the home's model-card status in line with the routes in force
-    (:func:`registry.route_status.reconcile_route_status`, in a worker thread), when the
+    (:func:`router.flags.route_status.reconcile_route_status`, in a worker thread), when the
     store holds the home's route table (:func:`holds_home_routes`)."""
     if holds_home_routes(settings):
         await asyncio.to_thread(route_status.reconcile_route_status, home, store.all())
@@ -152,12 +162,12 @@ def sqlite_route_names(path: Path) -> set[str]:
 
 @asynccontextmanager
 async def open_route_store(
-    settings: Settings, *, seed: bool = False
+    settings: Settings, *, seed: bool = False, clients: RedisClients | None = None
 ) -> AsyncIterator[RouteStore]:
     """A started store (closed on exit). ``seed``: first create the routes file's missing
     routes, checked against the home's known adapters (:func:`seed_routes_file`); the CLI's
-    read-only commands never seed."""
-    store = build_route_store(settings)
+    read-only commands never seed. ``clients``: as for :func:`build_route_store`."""
+    store = build_route_store(settings, clients=clients)
     await store.start()
     try:
         if seed and settings.routes_path.is_file():

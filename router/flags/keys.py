@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 PREFIX = "lr:"
 
 # route state (one hash field per route; values are RouteState JSON / int versions)
@@ -13,7 +15,9 @@ VERSIONS = f"{PREFIX}flags:versions"
 AUDIT_PREFIX = f"{PREFIX}flags:audit:"  # + route -> stream of committed changes
 AUDIT_MAXLEN = 10_000  # approximate cap per route (XADD MAXLEN ~)
 
-# pub/sub channels
+# pub/sub channels: names, scoped to a Redis database by :func:`channel` (PUBLISH and
+# SUBSCRIBE ignore the db number: two fleets on one server, on databases 0 and 1, would
+# otherwise apply each other's changes)
 CHANGES_CHANNEL = f"{PREFIX}flags:changes"  # message: the committed RouteState JSON
 APPLIED_CHANNEL = f"{PREFIX}flags:applied"  # message: {"replica","route","version","at"}
 LOAD_REQUEST_CHANNEL = f"{PREFIX}replicas:load-request"  # message: LoadRequest JSON
@@ -26,6 +30,17 @@ REPLICA_PREFIX = f"{PREFIX}replica:"
 # its absence or youth is how a writer knows replicas may not have re-registered yet
 REPLICAS_EPOCH = f"{PREFIX}replicas:epoch"
 LOAD_ACK_PREFIX = f"{PREFIX}replicas:load-ack:"  # + request id -> list of LoadAck JSON
+
+
+class _HasPool(Protocol):
+    @property
+    def connection_pool(self) -> Any: ...
+
+
+def channel(name: str, client: _HasPool) -> str:
+    """``name`` on ``client``'s database: ``lr:flags:changes@3`` for db 3."""
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    return f"{name}@{int(db or 0)}"
 
 
 def audit_key(route: str) -> str:

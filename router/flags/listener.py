@@ -1,8 +1,9 @@
 """The thread that keeps a process's route snapshot in step with Redis.
 
-It owns its own (synchronous) connections so that a busy event loop cannot delay a flip:
-it subscribes to the changes channel *first*, then reads every route (so no change can
-fall between the two), applies each published state as it arrives, and re-reads all
+It runs on a synchronous client of its own
+(:func:`router.flags.redis_client.listener_client`), so that a busy event loop cannot delay
+a flip: it subscribes to the changes channel *first*, then reads every route (so no change
+can fall between the two), applies each published state as it arrives, and re-reads all
 routes every ``resync_s`` so a missed message heals. When Redis goes away the snapshot
 stays as it was (fail-static); the thread reconnects with bounded, jittered backoff and
 resyncs. After a resync it writes back any route Redis lost or holds at a lower version
@@ -30,10 +31,10 @@ from typing import Any, cast
 import redis
 from pydantic import ValidationError
 
-from router.flags import keys, metrics, scripts
-from router.flags.loops import NETWORK_ERRORS, REDIS_ERRORS, LoopHealth, LoopStatus
-from router.flags.snapshot import Snapshot
-from router.flags.state import RouteState
+from lora_router.router.flags import keys, metrics, scripts
+from lora_router.router.flags.loops import NETWORK_ERRORS, REDIS_ERRORS, LoopHealth, LoopStatus
+from lora_router.router.flags.snapshot import Snapshot
+from lora_router.router.flags.state import RouteState
 
 __all__ = ["NETWORK_ERRORS", "REDIS_ERRORS", "FlagListener"]
 
@@ -47,18 +48,16 @@ class FlagListener(threading.Thread):
 
     def __init__(
         self,
-        url: str,
+        client: redis.Redis,
         snapshot: Snapshot,
         *,
         resync_s: float,
-        timeout_s: float,
         replica_id: str | None = None,
     ) -> None:
         super().__init__(name="lora-router-flags", daemon=True)
-        self._url = url
+        self._client = client  # used by this thread only; its owner closes it after join()
         self._snapshot = snapshot
         self._resync_s = resync_s
-        self._timeout_s = timeout_s
         self._replica_id = replica_id
         self._stop_event = threading.Event()
         self._reported: dict[str, int] = {}
@@ -81,14 +80,10 @@ class FlagListener(threading.Thread):
     def _run(self) -> None:
         while not self._stop_event.is_set():
             try:
-                client = redis.Redis.from_url(
-                    self._url, socket_timeout=self._timeout_s,
-                    socket_connect_timeout=self._timeout_s,
-                )
                 try:
-                    self._serve(client)
-                finally:
-                    client.close()
+                    self._serve(self._client)
+                finally:  # the next round starts on fresh connections
+                    self._client.connection_pool.disconnect()
             except Exception as exc:  # every error class: back off, reconnect, resync
                 self._set_connected(False)
                 backoff = self.health.failed(
@@ -103,7 +98,7 @@ class FlagListener(threading.Thread):
     def _serve(self, client: redis.Redis) -> None:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
-            pubsub.subscribe(keys.CHANGES_CHANNEL)
+            pubsub.subscribe(keys.channel(keys.CHANGES_CHANNEL, client))
             self._resync(client)
             next_resync = time.monotonic() + self._resync_s
             while not self._stop_event.is_set():
@@ -168,7 +163,8 @@ class FlagListener(threading.Thread):
                 )
                 client.eval(
                     scripts.RESTORE, 3, *scripts.script_keys(route),
-                    *scripts.script_args(state, "restore"),
+                    *scripts.script_args(
+                        state, "restore", keys.channel(keys.CHANGES_CHANNEL, client)),
                 )
 
     def _report(self, client: redis.Redis) -> None:
@@ -181,11 +177,12 @@ class FlagListener(threading.Thread):
         if not fresh:
             return
         at = time.time()
+        applied = keys.channel(keys.APPLIED_CHANNEL, client)
         pipe = client.pipeline(transaction=False)
         pipe.hset(keys.applied_key(self._replica_id), mapping=cast("dict[Any, Any]", fresh))
         for route, version in fresh.items():
             msg = {"replica": self._replica_id, "route": route, "version": version, "at": at}
-            pipe.publish(keys.APPLIED_CHANNEL, json.dumps(msg))
+            pipe.publish(applied, json.dumps(msg))
         pipe.execute()
         self._reported.update(fresh)
 

@@ -21,7 +21,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from router.flags import metrics
+from lora_router.router.flags import metrics
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from typing import Any
 import redis.asyncio as aredis
 from pydantic import ValidationError
 
-from registry.errors import LoraRouterError
-from router.flags import keys, metrics, scripts
-from router.flags.listener import NETWORK_ERRORS, REDIS_ERRORS
-from router.flags.loops import LoopHealth, LoopStatus
-from router.flags.replicas import LoadAck, LoadFn, LoadRequest, ReplicaInfo
+from lora_router.ground.errors import LoraRouterError
+from lora_router.router.flags import keys, metrics, scripts
+from lora_router.router.flags.listener import NETWORK_ERRORS, REDIS_ERRORS
+from lora_router.router.flags.loops import LoopHealth, LoopStatus
+from lora_router.router.flags.replicas import LoadAck, LoadFn, LoadRequest, ReplicaInfo
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class LoadResponder:
 
     async def _subscribe(self) -> None:
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(keys.LOAD_REQUEST_CHANNEL)
+        await self._pubsub.subscribe(keys.channel(keys.LOAD_REQUEST_CHANNEL, self._client))
 
     async def stop(self) -> None:
         self._stopping = True

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from registry.errors import VersionConflict
-from router.flags.state import RouteState
-from router.flags.store import AuditEntry, Listener, RouteStore
+from lora_router.ground.errors import VersionConflict
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.store import AuditEntry, Listener, RouteStore
 
 
 class MemoryRouteStore(RouteStore):

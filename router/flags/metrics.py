@@ -28,7 +28,7 @@ FLAGS_WRITES = Counter(
     ["outcome"],  # ok | conflict | unavailable
 )
 
-# residency (adapters/residency.py, router/flags/reconciler.py)
+# residency (router/flags/residency.py, router/flags/reconciler.py)
 ADAPTERS_RESIDENT = Gauge(
     "lora_router_adapters_resident",
     "Adapters resident in this process's engine.",

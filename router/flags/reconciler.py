@@ -21,11 +21,11 @@ import asyncio
 import contextlib
 import logging
 
-from adapters.residency import ReconcileOutcome, Residency
-from router.flags import metrics
-from router.flags.loops import LoopHealth, LoopStatus
-from router.flags.state import RouteState
-from router.flags.store import RouteStore
+from lora_router.router.flags import metrics
+from lora_router.router.flags.loops import LoopHealth, LoopStatus
+from lora_router.router.flags.residency import ReconcileOutcome, Residency
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.store import RouteStore
 
 log = logging.getLogger(__name__)
 

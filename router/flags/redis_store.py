@@ -5,6 +5,10 @@ round trip. Reads never touch Redis: they read the :class:`Snapshot` that the
 :class:`FlagListener` thread keeps current from pub/sub and periodic resyncs. If Redis
 goes away, reads keep the last-known state (fail-static), writes raise
 ``FlagStoreUnavailable``, and :meth:`health` shows how stale the snapshot is.
+
+Its clients (:mod:`router.flags.redis_client`) are passed in by whoever assembles the process
+(the gateway's components, the CLI's direct mode), who closes them; a store given none makes
+and closes its own.
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 import redis.asyncio as aredis
 
-from registry.errors import FlagStoreUnavailable, VersionConflict
-from router.flags import keys, metrics, scripts
-from router.flags.listener import NETWORK_ERRORS, REDIS_ERRORS, FlagListener
-from router.flags.loops import LoopStatus
-from router.flags.snapshot import Snapshot
-from router.flags.state import RouteState
-from router.flags.store import AuditEntry, Listener, RouteStore, StoreHealth
+from lora_router.ground.errors import FlagStoreUnavailable, VersionConflict
+from lora_router.router.flags import keys, metrics, scripts
+from lora_router.router.flags.listener import NETWORK_ERRORS, REDIS_ERRORS, FlagListener
+from lora_router.router.flags.loops import LoopStatus
+from lora_router.router.flags.redis_client import listener_client, store_client
+from lora_router.router.flags.snapshot import Snapshot
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.store import AuditEntry, Listener, RouteStore, StoreHealth
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,8 @@ class RedisRouteStore(RouteStore):
 
     ``replica_id`` (a gateway replica) makes this process report the versions it applied,
     so a writer can wait until every replica has a change (:mod:`router.flags.replicas`).
+    ``client`` (writes, audit) and ``listener_client`` (the listener thread's): see the
+    module docstring; ``timeout_s`` applies to the ones the store makes itself.
     """
 
     def __init__(
@@ -42,6 +50,8 @@ class RedisRouteStore(RouteStore):
         timeout_s: float = 1.0,
         start_timeout_s: float = 5.0,
         replica_id: str | None = None,
+        client: aredis.Redis | None = None,
+        listener_client: redis.Redis | None = None,
     ) -> None:
         self.url = url
         self.replica_id = replica_id
@@ -50,14 +60,16 @@ class RedisRouteStore(RouteStore):
         self._start_timeout_s = start_timeout_s
         self._snapshot = Snapshot()
         self._listener: FlagListener | None = None
+        self._given = (client, listener_client)
         self._client: aredis.Redis | None = None
+        self._listener_client: redis.Redis | None = None
         self._put: Any = None
 
     async def start(self) -> None:
         """Connect, subscribe and load every route; ``FlagStoreUnavailable`` if Redis is down."""
-        self._client = aredis.Redis.from_url(
-            self.url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s
-        )
+        given, given_listener = self._given
+        self._client = given or store_client(self.url, self._timeout_s)
+        self._listener_client = given_listener or listener_client(self.url, self._timeout_s)
         self._put = self._client.register_script(scripts.PUT)
         try:  # fail fast, and have a warm connection for the first write
             await self._client.ping()
@@ -66,10 +78,9 @@ class RedisRouteStore(RouteStore):
             await self.close()
             raise FlagStoreUnavailable(f"route store: Redis at {self.url}: {exc}") from exc
         self._listener = FlagListener(
-            self.url,
+            self._listener_client,
             self._snapshot,
             resync_s=self._resync_s,
-            timeout_s=self._timeout_s,
             replica_id=self.replica_id,
         )
         self._listener.start()
@@ -79,12 +90,19 @@ class RedisRouteStore(RouteStore):
             raise FlagStoreUnavailable(f"route store: Redis at {self.url} is not reachable")
 
     async def close(self) -> None:
+        """Stop the listener; close the clients this store made (not those it was given)."""
+        given, given_listener = self._given
         if self._listener is not None:
             self._listener.stop()
             await asyncio.to_thread(self._listener.join, 5.0)
             self._listener = None
+        if self._listener_client is not None:
+            if self._listener_client is not given_listener:
+                self._listener_client.close()
+            self._listener_client = None
         if self._client is not None:
-            await self._client.aclose()
+            if self._client is not given:
+                await self._client.aclose()
             self._client = None
 
     def get(self, route: str) -> RouteState | None:
@@ -153,7 +171,8 @@ class RedisRouteStore(RouteStore):
         landed.
         """
         assert self._client is not None
-        route_keys, args = scripts.script_keys(new.route), scripts.script_args(new, action)
+        route_keys, args = scripts.script_keys(new.route), scripts.script_args(
+            new, action, keys.channel(keys.CHANGES_CHANNEL, self._client))
         try:
             ok, found = await self._put(keys=route_keys, args=args)
             return int(ok), int(found)

@@ -37,10 +37,10 @@ from datetime import UTC, datetime
 import redis.asyncio as aredis
 from pydantic import BaseModel, Field, ValidationError
 
-from registry.errors import FlagStoreUnavailable, RouteChangeRefused
-from router.flags import keys
-from router.flags.epoch import RegistryEpoch
-from router.flags.listener import REDIS_ERRORS
+from lora_router.ground.errors import FlagStoreUnavailable, RouteChangeRefused
+from lora_router.router.flags import keys
+from lora_router.router.flags.epoch import RegistryEpoch
+from lora_router.router.flags.listener import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class ReplicaRegistry:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
             try:
-                await pubsub.subscribe(keys.APPLIED_CHANNEL)
+                await pubsub.subscribe(keys.channel(keys.APPLIED_CHANNEL, self._client))
                 # read who is live before the write, so that after the write's ack the wait
                 # only reads the reports already buffered (no round trips on the timed path)
                 live = await self.live()
@@ -185,7 +185,8 @@ class ReplicaRegistry:
         acks: dict[str, LoadAck] = {}
         deadline = time.monotonic() + timeout_s
         try:
-            await self._client.publish(keys.LOAD_REQUEST_CHANNEL, req.model_dump_json())
+            await self._client.publish(
+                keys.channel(keys.LOAD_REQUEST_CHANNEL, self._client), req.model_dump_json())
             while set(expected) - set(acks) and (left := deadline - time.monotonic()) > 0:
                 item = await self._client.blpop([ack_key], timeout=min(left, 0.5))
                 if item is not None:

@@ -22,7 +22,11 @@ registry to settle after Redis lost its data); embedded, this process's residenc
 Requests are routed by ``serving`` (:class:`~router.routing.ServingRoutes`): a state naming
 an adapter still loading here is served as its last fully-resident version meanwhile.
 :meth:`loops` lists the long-lived loops for ``/readyz``. :meth:`close` deregisters first,
-then stops the rest.
+then stops the rest. The Redis clients are the process's (:mod:`router.flags.redis_client`):
+passed in, closed by whoever made them.
+
+:func:`build_route_service` is the one assembly of a :class:`RouteService` from settings,
+shared with the CLI's direct-to-Redis mode (:func:`router.flags.client.open_client`).
 """
 
 from __future__ import annotations
@@ -31,37 +35,41 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aredis
-
-from adapters.residency import Residency
-from registry import route_status
-from registry.card_cache import CardCache
-from registry.errors import LoraRouterError, RouteChangeRefused
-from registry.home import Home
-from router.flags.factory import (
+from lora_router.ground.errors import ConfigError, LoraRouterError, RouteChangeRefused
+from lora_router.ground.home import Home
+from lora_router.registry.card_cache import CardCache
+from lora_router.router.flags import route_status
+from lora_router.router.flags.factory import (
     build_route_store,
     default_replica_id,
     home_known_adapters,
     reconcile_cards,
     seed_routes_file,
 )
-from router.flags.loops import LoopStatus
-from router.flags.member import LoadResponder, ReplicaMember
-from router.flags.reconciler import Reconciler
-from router.flags.redis_store import RedisRouteStore
-from router.flags.replicas import ReplicaInfo, ReplicaRegistry
-from router.flags.service import DefaultRollback, OnCommit, PrepareFn, RouteService
-from router.flags.state import RouteState
-from router.flags.store import RouteStore
-from router.routing import ServingRoutes
-from router.settings import Settings
+from lora_router.router.flags.loops import LoopStatus
+from lora_router.router.flags.member import LoadResponder, ReplicaMember
+from lora_router.router.flags.reconciler import Reconciler
+from lora_router.router.flags.redis_client import RedisClients
+from lora_router.router.flags.redis_store import RedisRouteStore
+from lora_router.router.flags.replicas import ReplicaInfo, ReplicaRegistry
+from lora_router.router.flags.residency import Residency
+from lora_router.router.flags.route_service import (
+    DefaultRollback,
+    OnCommit,
+    PrepareFn,
+    RouteService,
+)
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.store import RouteStore
+from lora_router.router.routing import ServingRoutes
+from lora_router.router.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class FlagsRuntime:
-    """What :meth:`start` built; ``member``/``responder``/``client`` only in Redis mode."""
+    """What :meth:`start` built; ``member``/``responder``/``redis`` only in Redis mode."""
 
     replica_id: str
     store: RouteStore
@@ -69,7 +77,7 @@ class FlagsRuntime:
     residency: Residency
     reconciler: Reconciler
     serving: ServingRoutes
-    client: aredis.Redis | None = None
+    redis: RedisClients | None = None  # the process's; closed by whoever made them
     responder: LoadResponder | None = None
     member: ReplicaMember | None = None
 
@@ -79,44 +87,31 @@ class FlagsRuntime:
         settings: Settings,
         home: Home,
         residency: Residency,
+        redis: RedisClients | None,
         *,
         with_registry: bool = True,
     ) -> FlagsRuntime:
         """Bring the flags up (module docstring); on failure, stop what started and raise.
 
+        ``redis``: the clients for ``settings.redis_url`` (None exactly when it is unset).
         ``with_registry``: keep model-card lifecycle status in step with committed changes
-        and take default rollback targets from the cards (:mod:`registry.route_status`).
+        and take default rollback targets from the cards (:mod:`router.flags.route_status`).
         """
+        if (redis is None) != (settings.redis_url is None):
+            raise ConfigError("the flags need Redis clients exactly when REDIS_URL is set")
         replica_id = default_replica_id(settings)
-        client = None
-        registry = None
-        if settings.redis_url is not None:
-            client = aredis.Redis.from_url(
-                settings.redis_url,
-                socket_timeout=settings.flags_ack_timeout_s + 1,  # BLPOP of load acks
-                socket_connect_timeout=2.0,
-            )
-            registry = ReplicaRegistry(client, settle_s=settings.replica_ttl_s)
-        store = build_route_store(settings, replica_id=replica_id if client else None)
-        on_commit, default_rollback = (
-            registry_hooks(home, store) if with_registry else (None, None)
+        registry = replica_registry(settings, redis)
+        store = build_route_store(
+            settings, replica_id=replica_id if redis else None, clients=redis
         )
         reconciler = Reconciler(store, residency, interval_s=settings.flags_resync_s)
-        service = RouteService(
-            store,
-            known_adapters=home_known_adapters(home),
-            prepare=(
-                registry.load_gate(settings.flags_ack_timeout_s)
-                if registry is not None
-                else local_gate(reconciler.load_for_change, replica_id)
-            ),
-            replicas=registry,
-            apply_timeout_s=settings.flags_apply_timeout_s,
-            on_commit=on_commit,
-            default_rollback=default_rollback,
+        service = build_route_service(
+            settings, home, store, registry=registry,
+            local_prepare=local_gate(reconciler.load_for_change, replica_id),
+            with_registry=with_registry,
         )
         serving = ServingRoutes(store, residency.missing)
-        rt = cls(replica_id, store, service, residency, reconciler, serving, client)
+        rt = cls(replica_id, store, service, residency, reconciler, serving, redis)
         try:
             await store.start()
             await seed_routes_file(service, settings.routes_path)
@@ -130,14 +125,15 @@ class FlagsRuntime:
 
     async def _serve(self, settings: Settings) -> None:
         residency = self.residency
-        if self.client is not None:
-            self.responder = LoadResponder(self.client, self.replica_id, self._answer_load)
+        client = self.redis.replicas if self.redis is not None else None
+        if client is not None:
+            self.responder = LoadResponder(client, self.replica_id, self._answer_load)
             await self.responder.start()
         await residency.ensure(residency.referenced(self.store.all()))
         self.reconciler.start()
-        if self.client is not None:
+        if client is not None:
             self.member = ReplicaMember(
-                self.client,
+                client,
                 ReplicaInfo(id=self.replica_id, url=settings.own_url),
                 ttl_s=settings.replica_ttl_s,
                 interval_s=settings.replica_heartbeat_s,
@@ -189,7 +185,7 @@ class FlagsRuntime:
         """The replica part of ``/readyz``."""
         out: dict[str, Any] = {
             "id": self.replica_id,
-            "mode": "redis" if self.client is not None else "embedded",
+            "mode": "redis" if self.redis is not None else "embedded",
             "registered": self.registered,
         }
         if self.member is not None:
@@ -207,11 +203,47 @@ class FlagsRuntime:
             await self.responder.stop()
             self.responder = None
         await self.reconciler.stop()
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
         await self.service.settle()  # the cards' record of the last changes
         await self.store.close()
+
+
+def replica_registry(settings: Settings, redis: RedisClients | None) -> ReplicaRegistry | None:
+    """The writer's view of the gateway replicas on ``redis`` (None: embedded, no Redis)."""
+    if redis is None:
+        return None
+    return ReplicaRegistry(redis.replicas, settle_s=settings.replica_ttl_s)
+
+
+def build_route_service(
+    settings: Settings,
+    home: Home,
+    store: RouteStore,
+    *,
+    registry: ReplicaRegistry | None,
+    local_prepare: PrepareFn | None = None,
+    with_registry: bool = True,
+) -> RouteService:
+    """The route operations over ``store``, as the gateway and the CLI's direct mode run them.
+
+    With a replica ``registry`` every live replica loads a change's new adapters before it
+    commits, and each change waits for the replicas to apply it; without one,
+    ``local_prepare`` loads them (the embedded gateway). Adapters must be registered and not
+    retired; ``with_registry`` adds the model-card hooks (:func:`registry_hooks`).
+    """
+    on_commit, default_rollback = registry_hooks(home, store) if with_registry else (None, None)
+    prepare = (
+        registry.load_gate(settings.flags_ack_timeout_s) if registry is not None else local_prepare
+    )
+    return RouteService(
+        store,
+        known_adapters=home_known_adapters(home),
+        prepare=prepare,
+        replicas=registry,
+        apply_timeout_s=settings.flags_apply_timeout_s,
+        on_commit=on_commit,
+        default_rollback=default_rollback,
+        max_policy_chars=settings.max_policy_chars,
+    )
 
 
 def local_gate(load: PrepareFn, replica_id: str) -> PrepareFn:

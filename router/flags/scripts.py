@@ -18,8 +18,8 @@ replica and writer): see :mod:`router.flags.epoch`.
 
 from __future__ import annotations
 
-from router.flags import keys
-from router.flags.state import RouteState
+from lora_router.router.flags import keys
+from lora_router.router.flags.state import RouteState
 
 _COMMIT = """
 local before = redis.call('HGET', KEYS[1], ARGV[1]) or ''
@@ -70,7 +70,8 @@ def script_keys(route: str) -> list[str]:
     return [keys.ROUTES, keys.VERSIONS, keys.audit_key(route)]
 
 
-def script_args(state: RouteState, action: str) -> list[str | int]:
+def script_args(state: RouteState, action: str, channel: str) -> list[str | int]:
+    """``channel``: the changes channel of the store's database (:func:`keys.channel`)."""
     return [
         state.route,
         state.version,
@@ -80,5 +81,5 @@ def script_args(state: RouteState, action: str) -> list[str | int]:
         state.reason,
         action,
         keys.AUDIT_MAXLEN,
-        keys.CHANGES_CHANNEL,
+        channel,
     ]

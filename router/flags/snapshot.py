@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from router.flags.state import RouteState
-from router.flags.store import Listener
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.store import Listener
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from registry.errors import FlagStoreUnavailable, VersionConflict
-from router.flags import metrics
-from router.flags.snapshot import Snapshot
-from router.flags.state import RouteState
-from router.flags.store import AuditEntry, Listener, RouteStore, StoreHealth
+from lora_router.ground.errors import FlagStoreUnavailable, VersionConflict
+from lora_router.router.flags import metrics
+from lora_router.router.flags.snapshot import Snapshot
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.store import AuditEntry, Listener, RouteStore, StoreHealth
 
 T = TypeVar("T")
 

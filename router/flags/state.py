@@ -11,6 +11,9 @@
         task:                          # optional; lets the log derive a predicted label
           type: classification
           labels: [billing, shipping, ...]
+
+The route's policy text (:mod:`router.flags.policy_text`) is not in the routes file: it is
+set with ``policy set`` and kept in the route store, like every later change.
 """
 
 from __future__ import annotations
@@ -20,11 +23,19 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from registry.errors import AdapterNotFound, ConfigError
-from registry.ids import check_name, parse_adapter_id
-from router.drift.policy import GuardPolicy
+from lora_router.ground.errors import AdapterNotFound, ConfigError
+from lora_router.ground.ids import check_name, parse_adapter_id
+from lora_router.router.drift.policy import GuardPolicy
+from lora_router.router.flags.policy_text import PolicyText, policy_label
 
 Arm = Literal["live", "canary", "shadow"]
 
@@ -61,6 +72,8 @@ class RouteState(BaseModel):
     rollback_target: str | None = None
     task: TaskSpec = Field(default_factory=TaskSpec)
     guard: GuardPolicy | None = None  # drift guard (router.drift.policy); None: alerts only
+    policy: PolicyText | None = None  # the policy text applied to every request
+    last_policy_version: int = Field(default=0, ge=0)  # kept after a clear: never reused
     version: int = Field(default=1, ge=1)
     updated_by: str = "config"
     reason: str = "initial"
@@ -77,6 +90,17 @@ class RouteState(BaseModel):
         if v is not None:
             parse_adapter_id(v)
         return v
+
+    @model_validator(mode="after")
+    def _policy_count(self) -> RouteState:
+        if self.policy is not None and self.policy.version > self.last_policy_version:
+            raise ValueError("last_policy_version is below the version of the policy in force")
+        return self
+
+    @property
+    def policy_version(self) -> str | None:
+        """The policy in force as the log names it (``support-triage/policy@3``), or None."""
+        return None if self.policy is None else policy_label(self.route, self.policy.version)
 
     def referenced_adapters(self) -> set[str]:
         """Every adapter this route may send traffic to, or flip to (kept resident)."""

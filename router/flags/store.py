@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict
 
-from router.flags.state import RouteState
+from lora_router.router.flags.state import RouteState
 
 Listener = Callable[[RouteState], None]
 

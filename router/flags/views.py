@@ -6,9 +6,9 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from router.flags.service import ChangeResult
-from router.flags.state import RouteState
-from router.flags.store import AuditEntry, StoreHealth
+from lora_router.router.flags.route_service import ChangeResult
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.store import AuditEntry, StoreHealth
 
 
 class AppliedOut(BaseModel):

@@ -10,10 +10,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from registry.errors import ConfigError, InvalidRequest
-from router.log.rows import Row, to_json
-from router.log.schema import COLUMNS
-from router.log.sink import LogSink
+from lora_router.ground.errors import ConfigError, InvalidRequest
+from lora_router.router.log.rows import Row, to_json
+from lora_router.router.log.schema import COLUMNS
+from lora_router.router.log.sink import LogSink
 
 _TRUE = {"true", "1", "yes", "y", "t", "correct"}
 _FALSE = {"false", "0", "no", "n", "f", "incorrect", "wrong"}

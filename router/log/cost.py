@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from router.settings import Prices, Settings
+from lora_router.router.settings import Prices, Settings
 
 
 class LogQuery(Protocol):

@@ -26,13 +26,13 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
-from registry.errors import LogStoreUnavailable
-from router.log import metrics
-from router.log.files import error_name
-from router.log.journal import Journal, Segment
-from router.log.rows import Row, to_json
-from router.log.sink import LogSink, RowRejected
-from router.log.spool import Pair, Spool
+from lora_router.ground.errors import LogStoreUnavailable
+from lora_router.router.log import metrics
+from lora_router.router.log.files import error_name
+from lora_router.router.log.journal import Journal, Segment
+from lora_router.router.log.rows import Row, to_json
+from lora_router.router.log.sink import LogSink, RowRejected
+from lora_router.router.log.spool import Pair, Spool
 
 log = logging.getLogger(__name__)
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from registry.home import Home
-from router.log import leftovers
-from router.log.features import LabelsFor, TokenCounter
-from router.log.journal import Journal
-from router.log.pg_sink import PostgresSink
-from router.log.rows import RowBuilder
-from router.log.sink import LogSink
-from router.log.spool import Spool
-from router.log.sqlite_sink import SqliteSink
-from router.log.writer import LogWriter
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.log import leftovers
+from lora_router.router.log.features import LabelsFor, TokenCounter
+from lora_router.router.log.journal import Journal
+from lora_router.router.log.pg_sink import PostgresSink
+from lora_router.router.log.rows import RowBuilder
+from lora_router.router.log.sink import LogSink
+from lora_router.router.log.spool import Spool
+from lora_router.router.log.sqlite_sink import SqliteSink
+from lora_router.router.log.writer import LogWriter
+from lora_router.router.settings import Settings
 
 # one registry of sink kinds, keyed by what selects them
 _SINKS: dict[str, Callable[[Settings, Home], LogSink]] = {

@@ -41,10 +41,10 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from router.log import metrics
-from router.log.files import error_name, fsync_dir
-from router.log.record import InferenceRecord
-from router.log.rows import as_utc
+from lora_router.router.log import metrics
+from lora_router.router.log.files import error_name, fsync_dir
+from lora_router.router.log.record import InferenceRecord
+from lora_router.router.log.rows import as_utc
 
 log = logging.getLogger(__name__)
 

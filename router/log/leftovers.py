@@ -22,10 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from router.log.features import compute_features
-from router.log.files import fsync_dir, pid_alive, quarantine, split_lines, write_private
-from router.log.journal import FIELDS, PREFIX, SUFFIX, decode, encode, header
-from router.log.record import InferenceRecord, hash_input, hash_route_key
+from lora_router.router.log.features import compute_features
+from lora_router.router.log.files import (
+    fsync_dir,
+    pid_alive,
+    quarantine,
+    split_lines,
+    write_private,
+)
+from lora_router.router.log.journal import FIELDS, PREFIX, SUFFIX, decode, encode, header
+from lora_router.router.log.record import InferenceRecord, hash_input, hash_route_key
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from registry.errors import LogStoreUnavailable
-from router.log import schema
-from router.log.rows import Row
-from router.log.sink import (
+from lora_router.ground.errors import LogStoreUnavailable
+from lora_router.router.log import schema
+from lora_router.router.log.rows import Row
+from lora_router.router.log.sink import (
     FEEDBACK_SQL,
     LogSink,
     RowRejected,

@@ -14,13 +14,13 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from registry.errors import LogStoreUnavailable
-from router.log import leftovers, metrics
-from router.log.delivery import Built, Delivery, Tag, pairs_of
-from router.log.files import quarantine
-from router.log.journal import Journal
-from router.log.leftovers import Leftover, Outcome
-from router.log.record import InferenceRecord
+from lora_router.ground.errors import LogStoreUnavailable
+from lora_router.router.log import leftovers, metrics
+from lora_router.router.log.delivery import Built, Delivery, Tag, pairs_of
+from lora_router.router.log.files import quarantine
+from lora_router.router.log.journal import Journal
+from lora_router.router.log.leftovers import Leftover, Outcome
+from lora_router.router.log.record import InferenceRecord
 
 log = logging.getLogger(__name__)
 

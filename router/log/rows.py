@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from router.log.features import LabelsFor, TokenCounter, compute_features
-from router.log.record import InferenceRecord, hash_input, hash_route_key
-from router.log.schema import COLUMNS, INPUT_COLUMNS
+from lora_router.router.log.features import LabelsFor, TokenCounter, compute_features
+from lora_router.router.log.record import InferenceRecord, hash_input, hash_route_key
+from lora_router.router.log.schema import COLUMNS, INPUT_COLUMNS
 
 Row = dict[str, Any]
 

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from registry.errors import InvalidRequest, LoraRouterError
-from router.log.rows import Row, as_utc
+from lora_router.ground.errors import InvalidRequest, LoraRouterError
+from lora_router.router.log.rows import Row, as_utc
 
 
 class RowRejected(LoraRouterError):

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.log.files import pid_alive, split_lines, write_private
-from router.log.rows import Row, input_from_json, row_from_json, to_json
+from lora_router.router.log.files import pid_alive, split_lines, write_private
+from lora_router.router.log.rows import Row, input_from_json, row_from_json, to_json
 
 log = logging.getLogger(__name__)
 

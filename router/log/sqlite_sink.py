@@ -27,10 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from registry.errors import LogStoreUnavailable
-from router.log import schema
-from router.log.rows import Row, as_utc
-from router.log.sink import (
+from lora_router.ground.errors import LogStoreUnavailable
+from lora_router.router.log import schema
+from lora_router.router.log.rows import Row, as_utc
+from lora_router.router.log.sink import (
     FEEDBACK_SQL,
     LogSink,
     RowRejected,

@@ -43,16 +43,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from registry.errors import LogStoreUnavailable, RequestNotFound
-from router.log import leftovers, metrics
-from router.log.delivery import Built, Delivery, Tag
-from router.log.files import quarantined
-from router.log.journal import Journal
-from router.log.record import InferenceRecord
-from router.log.replay import recover_journal, replay_spool
-from router.log.rows import RowBuilder
-from router.log.sink import LogSink
-from router.log.spool import Spool
+from lora_router.ground.errors import LogStoreUnavailable, RequestNotFound
+from lora_router.router.log import leftovers, metrics
+from lora_router.router.log.delivery import Built, Delivery, Tag
+from lora_router.router.log.files import quarantined
+from lora_router.router.log.journal import Journal
+from lora_router.router.log.record import InferenceRecord
+from lora_router.router.log.replay import recover_journal, replay_spool
+from lora_router.router.log.rows import RowBuilder
+from lora_router.router.log.sink import LogSink
+from lora_router.router.log.spool import Spool
 
 log = logging.getLogger(__name__)
 

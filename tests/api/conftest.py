@@ -14,10 +14,10 @@ import pytest
 import uvicorn
 import yaml
 
-from registry.home import Home
-from router.app import create_app
-from router.log.record import InferenceRecord
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.app import create_app
+from lora_router.router.log.record import InferenceRecord
+from lora_router.router.settings import Settings
 from tests.conftest import free_port
 
 T = TypeVar("T")

@@ -17,16 +17,18 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from router.api import admin
-from router.api.access import AdminAccess
-from router.api.errors import install_error_handlers
-from router.api.middleware import RequestLimits
-from router.flags.memory import MemoryRouteStore
-from router.flags.service import RouteService
-from router.flags.state import RouteState
-from router.limits import Limits
-from router.settings import Settings
+from lora_router.router.api import admin
+from lora_router.router.api.access import AdminAccess
+from lora_router.router.api.access_rules import AccessRules
+from lora_router.router.api.errors import install_error_handlers
+from lora_router.router.api.middleware import RequestLimits
+from lora_router.router.flags.memory import MemoryRouteStore
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.state import RouteState
+from lora_router.router.limits import Limits
+from lora_router.router.settings import Settings
 from tests.api.conftest import Served, serve_app
+from tests.api.partial import provide
 from tests.conftest import free_port
 
 TOKEN = "s3cret-admin-token"
@@ -41,13 +43,12 @@ def admin_app(settings: Settings) -> FastAPI:
         store = MemoryRouteStore()
         await store.seed({"support": RouteState(
             route="support", live="support@v1", rollback_target="support@v0")})
-        app.state.route_service = RouteService(store)
+        provide(app, route_service=RouteService(store))
         yield
 
     app = FastAPI(lifespan=lifespan)
     limits = Limits.of(settings)
-    app.state.admin_access = AdminAccess.of(settings)
-    app.state.limits = limits
+    provide(app, access=AccessRules(AdminAccess.of(settings)), limits=limits)
     app.add_middleware(RequestLimits, limits=limits)
     install_error_handlers(app)
     app.include_router(admin.router)

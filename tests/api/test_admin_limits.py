@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry.home import Home
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.settings import Settings
 from tests.api.conftest import Gateway, adapter_ids, start_gateway
 from tests.conftest import free_port
 

@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from registry.home import Home
-from router.demo.task import format_prompt
+from lora_router.demo.task import format_prompt
+from lora_router.ground.home import Home
 from tests.api.conftest import Gateway, adapter_ids
 
 PROMPT = format_prompt("I was charged twice on my last invoice, please fix the payment")

@@ -10,9 +10,9 @@ import httpx
 import openai
 import pytest
 
-from registry.home import Home
-from router.demo.task import format_prompt
-from router.log.rows import RowBuilder
+from lora_router.demo.task import format_prompt
+from lora_router.ground.home import Home
+from lora_router.router.log.rows import RowBuilder
 from tests.api.conftest import Gateway, adapter_ids
 
 PROMPT = format_prompt("I was charged twice on my last invoice, please fix the payment")

@@ -24,7 +24,8 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     ("get", "/admin/routes/{route}"): {200, 401, 403, 404, 431},
     ("get", "/admin/routes/{route}/audit"): {200, 401, 403, 422, 431},
     **{("post", f"/admin/routes/{{route}}/{action}"): {200, 401, 403, 404, 409, 413, 422, 503}
-       for action in ("rollback", "canary", "shadow", "promote", "set-live")},
+       for action in ("rollback", "canary", "shadow", "promote", "set-live", "set-policy",
+                      "clear-policy")},
 }
 
 
@@ -70,7 +71,7 @@ def test_completions_declare_who_served_them_in_headers(document: dict[str, Any]
         assert {h for h, d in headers.items() if d["required"]} == {
             "x-request-id", "x-model-id", "x-route-arm"}
         assert {h for h, d in headers.items() if not d["required"]} == {
-            "x-route", "x-flag-version"}
+            "x-route", "x-flag-version", "x-policy-version"}
         assert headers["x-route-arm"]["schema"]["enum"] == ["live", "canary", "pinned", "base"]
 
 

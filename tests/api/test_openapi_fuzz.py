@@ -19,9 +19,9 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.core.failures import FailureGroup
 
-from registry.home import Home
-from router.app import create_app
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.app import create_app
+from lora_router.router.settings import Settings
 from tests.api.conftest import serve_app
 from tests.conftest import free_port
 

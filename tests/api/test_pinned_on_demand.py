@@ -21,10 +21,10 @@ import openai
 import pytest
 import yaml
 
-from registry.home import Home
-from registry.lifecycle import retire
-from router.demo.task import format_prompt
-from router.settings import Settings
+from lora_router.demo.task import format_prompt
+from lora_router.ground.home import Home
+from lora_router.registry.lifecycle import retire
+from lora_router.router.settings import Settings
 from tests.api.conftest import Gateway, adapter_ids, start_gateway, write_routes
 from tests.conftest import free_port
 

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from router.demo.task import format_prompt
-from router.service import INLINE_TOKENIZE_CHARS
+from lora_router.demo.task import format_prompt
+from lora_router.router.completions import INLINE_TOKENIZE_CHARS
 from tests.api.conftest import Gateway
 
 MB = 1024 * 1024

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from router.demo.task import format_prompt
+from lora_router.demo.task import format_prompt
 from tests.api.conftest import Gateway
 
 TICKETS = (

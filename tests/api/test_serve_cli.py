@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 
-from registry.home import Home
-from router.demo.task import format_prompt
+from lora_router.demo.task import format_prompt
+from lora_router.ground.home import Home
 from tests.conftest import free_port
 
-CLI = [sys.executable, "-m", "router.cli.main", "serve"]
+CLI = [sys.executable, "-m", "lora_router.router.cli.main", "serve"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

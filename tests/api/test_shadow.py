@@ -17,15 +17,16 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from adapters.engine import Engine, GenerationRequest, GenerationResult, SamplingParams
-from adapters.factory import build_engine
-from registry.home import Home
-from router.log.record import InferenceRecord, hash_input, hash_route_key
-from router.log.rows import RowBuilder
-from router.routing import Decision
-from router.service import Recorder
-from router.settings import Settings
-from router.shadow import BackgroundShadow
+from lora_router.adapters.engine import Engine, GenerationRequest, GenerationResult, SamplingParams
+from lora_router.adapters.factory import build_engine
+from lora_router.ground.home import Home
+from lora_router.router.completions import Recorder
+from lora_router.router.engine_spec import engine_spec
+from lora_router.router.log.record import InferenceRecord, hash_input, hash_route_key
+from lora_router.router.log.rows import RowBuilder
+from lora_router.router.routing import Decision
+from lora_router.router.settings import Settings
+from lora_router.router.shadow import BackgroundShadow
 from tests.conftest import free_port
 from tests.log.gateway import adapter_ids, live_gateway, prompt_for, write_routes
 
@@ -183,7 +184,7 @@ async def test_copies_are_dropped_while_the_engine_is_saturated(demo_home: Home)
     its batch of two, and a copy offered meanwhile is dropped; once they finish, one runs."""
     v1, v2 = adapter_ids(demo_home)
     settings = Settings(home=demo_home.root, database_url=None, max_batch_size=2, torch_threads=1)
-    engine = await asyncio.to_thread(build_engine, settings, demo_home)
+    engine = await asyncio.to_thread(build_engine, engine_spec(settings), demo_home)
     await engine.start()
     records: list[InferenceRecord] = []
     shadow = BackgroundShadow(
@@ -226,7 +227,7 @@ async def test_close_records_cancelled_copies_and_refuses_new_ones(demo_home: Ho
     """A copy still running when the grace ends is cancelled and recorded as an error."""
     v1, v2 = adapter_ids(demo_home)
     settings = Settings(home=demo_home.root, database_url=None, torch_threads=1)
-    engine = await asyncio.to_thread(build_engine, settings, demo_home)
+    engine = await asyncio.to_thread(build_engine, engine_spec(settings), demo_home)
     await engine.start()
     records: list[InferenceRecord] = []
     gated = GatedEngine(engine)  # never opened: the copy cannot finish

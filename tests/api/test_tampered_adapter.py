@@ -18,11 +18,11 @@ import httpx
 import openai
 import pytest
 
-from registry.errors import AdapterIntegrityError
-from registry.home import Home
-from router.app import create_app
-from router.demo.task import format_prompt
-from router.settings import Settings
+from lora_router.demo.task import format_prompt
+from lora_router.ground.errors import AdapterIntegrityError
+from lora_router.ground.home import Home
+from lora_router.router.app import create_app
+from lora_router.router.settings import Settings
 from tests.api.conftest import Gateway, adapter_ids, start_gateway, write_routes
 from tests.conftest import free_port
 
@@ -120,7 +120,7 @@ def test_serve_refuses_a_tampered_routed_adapter_in_one_line(
                           {"support-triage": {"live": v1, "rollback_target": v2}})
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     proc = subprocess.run(
-        [sys.executable, "-m", "router.cli.main", "serve", "--home", str(tampered.root),
+        [sys.executable, "-m", "lora_router.router.cli.main", "serve", "--home", str(tampered.root),
          "--routes", str(routes), "--port", str(free_port())],
         env={**env, "COLUMNS": "300"}, capture_output=True, text=True, timeout=120,
     )

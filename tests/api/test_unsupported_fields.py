@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from router.demo.task import format_prompt
+from lora_router.demo.task import format_prompt
 from tests.api.conftest import Gateway
 
 PROMPT = format_prompt("Where is my refund for the returned jacket?")

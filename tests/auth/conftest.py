@@ -20,18 +20,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry.home import Home
-from router.app import create_app
-from router.auth.factory import sqlite_keys_path
-from router.auth.keys import ApiKey
-from router.auth.roles import Role
-from router.auth.sqlite_store import SqliteKeyStore
-from router.auth.store import create_key
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.app import create_app
+from lora_router.router.auth.factory import sqlite_keys_path
+from lora_router.router.auth.keys import ApiKey
+from lora_router.router.auth.roles import Role
+from lora_router.router.auth.sqlite_store import SqliteKeyStore
+from lora_router.router.auth.store import create_key
+from lora_router.router.settings import Settings
 from tests.api.conftest import adapter_ids, serve_app, write_routes
 from tests.conftest import free_port
 
-CLI = [sys.executable, "-m", "router.cli.main"]
+CLI = [sys.executable, "-m", "lora_router.router.cli.main"]
 CREDS = ("none", "app", "oncall", "admin")  # no key, then a key of each role
 OPS = ("rollback", "canary", "shadow", "promote", "set-live")
 

@@ -13,13 +13,15 @@ from typing import Any
 import httpx
 from fastapi import Depends, FastAPI
 
-from router.api.access import require_app
-from router.auth.factory import sqlite_keys_path
-from router.auth.policy import require_app_key
-from router.auth.ring import KeyRing
-from router.auth.roles import Role
-from router.auth.sqlite_store import SqliteKeyStore
-from router.settings import Settings
+from lora_router.router.api.access import AdminAccess, require_app
+from lora_router.router.api.access_rules import AccessRules
+from lora_router.router.auth.factory import sqlite_keys_path
+from lora_router.router.auth.policy import require_app_key
+from lora_router.router.auth.ring import KeyRing
+from lora_router.router.auth.roles import Role
+from lora_router.router.auth.sqlite_store import SqliteKeyStore
+from lora_router.router.settings import Settings
+from tests.api.partial import provide
 from tests.api.test_admin_access import admin_app
 from tests.auth.conftest import amint, bearer
 
@@ -28,9 +30,9 @@ LOCAL = ("127.0.0.1", 4242)
 
 
 def keyed_admin_app(home: Path, **settings: Any) -> FastAPI:
-    app = admin_app(Settings(home=home, **settings))
-    app.state.key_ring = KeyRing(SqliteKeyStore(sqlite_keys_path(home)), refresh_s=0.05)
-    return app
+    s = Settings(home=home, **settings)
+    ring = KeyRing(SqliteKeyStore(sqlite_keys_path(home)), refresh_s=0.05)
+    return provide(admin_app(s), access=AccessRules(AdminAccess.of(s), ring, require_app_key(s)))
 
 
 async def call(app: FastAPI, client: tuple[str, int], method: str = "GET",
@@ -126,8 +128,7 @@ async def _probe() -> dict[str, str]:
 
 async def test_v1_needs_a_key_once_one_exists_unless_turned_off(tmp_path: Path) -> None:
     def v1_app(**settings: Any) -> FastAPI:
-        app = keyed_admin_app(tmp_path, **settings)
-        app.state.require_app_key = require_app_key(Settings(home=tmp_path, **settings))
+        app = keyed_admin_app(tmp_path, **settings)  # with the settings' /v1 key rule
         app.get("/v1/probe", dependencies=[Depends(require_app)])(_probe)
         return app
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from router.auth.roles import Role
+from lora_router.router.auth.roles import Role
 from tests.auth.conftest import CREDS, Keyed, error_of, mint
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from router.auth.errors import InvalidApiKey, KeyStoreUnavailable
-from router.auth.factory import sqlite_keys_path
-from router.auth.keys import ApiKey
-from router.auth.ring import KeyRing
-from router.auth.roles import Role
-from router.auth.sqlite_store import SqliteKeyStore
-from router.auth.store import revoke_key
+from lora_router.router.auth.errors import InvalidApiKey, KeyStoreUnavailable
+from lora_router.router.auth.factory import sqlite_keys_path
+from lora_router.router.auth.keys import ApiKey
+from lora_router.router.auth.ring import KeyRing
+from lora_router.router.auth.roles import Role
+from lora_router.router.auth.sqlite_store import SqliteKeyStore
+from lora_router.router.auth.store import revoke_key
 from tests.auth.conftest import amint
 
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from router.auth.errors import InvalidKeyName, KeyNotFound, KeyStoreUnavailable
-from router.auth.factory import build_key_store
-from router.auth.keys import hash_key, parse_key
-from router.auth.pg_store import PostgresKeyStore
-from router.auth.roles import Role
-from router.auth.sqlite_store import SqliteKeyStore
-from router.auth.store import KeyStore, create_key, revoke_key
-from router.settings import Settings
+from lora_router.router.auth.errors import InvalidKeyName, KeyNotFound, KeyStoreUnavailable
+from lora_router.router.auth.factory import build_key_store
+from lora_router.router.auth.keys import hash_key, parse_key
+from lora_router.router.auth.pg_store import PostgresKeyStore
+from lora_router.router.auth.roles import Role
+from lora_router.router.auth.sqlite_store import SqliteKeyStore
+from lora_router.router.auth.store import KeyStore, create_key, revoke_key
+from lora_router.router.settings import Settings
 from tests.conftest import free_port
 
 

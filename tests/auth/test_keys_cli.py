@@ -8,8 +8,8 @@ import json
 import sqlite3
 from pathlib import Path
 
-from registry.home import Home
-from router.auth.factory import sqlite_keys_path
+from lora_router.ground.home import Home
+from lora_router.router.auth.factory import sqlite_keys_path
 from tests.auth.conftest import cli, private_home
 
 

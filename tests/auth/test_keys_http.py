@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from registry.store import RegistryStore
-from router.auth.roles import Role
+from lora_router.registry.store import RegistryStore
+from lora_router.router.auth.roles import Role
 from tests.auth.conftest import Keyed, bearer, cli, error_of, mint
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from registry.home import Home
-from router.app import create_app
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.app import create_app
+from lora_router.router.settings import Settings
 from tests.api.conftest import adapter_ids, serve_app
 from tests.api.test_admin_access import non_loopback_address
 from tests.auth.conftest import bearer, cli, error_of, private_home

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from registry.home import Home
-from router.app import create_app
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.app import create_app
+from lora_router.router.settings import Settings
 from tests.api.conftest import serve_app
 from tests.auth.conftest import bearer, cli, error_of, private_home
 from tests.conftest import free_port

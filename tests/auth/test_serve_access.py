@@ -8,8 +8,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from registry.home import Home
-from router.auth.roles import Role
+from lora_router.ground.home import Home
+from lora_router.router.auth.roles import Role
 from tests.auth.conftest import CLI, cli, mint, private_home
 from tests.conftest import free_port
 

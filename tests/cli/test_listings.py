@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from router.cli.main import app
-from router.cli.output import Col, Listing, fit_widths
+from lora_router.router.cli.main import app
+from lora_router.router.cli.output import Col, Listing, fit_widths
 from tests.flags.test_route_service import make_home
 
 LIVE, NEXT, OLD = "customer-support-triage@v12", "customer-support-triage@v13", "cst@v11"
@@ -36,10 +36,12 @@ def cli(tmp_path: Path, redis_url: str) -> Any:
         assert result.exit_code == 0, result.output
         return result
 
+    alone = "--allow-no-replicas"  # no gateway here: the changes are only stored
     invoke("canary", ROUTE, NEXT, "--percent", "10", "--reason", "try the next one",
-           "--actor", "alice.on-call")
-    invoke("promote", ROUTE, "--reason", "clean canary: slice_es holds, en holds too")
-    invoke("rollback", ROUTE, "--reason", "INC-42: slice_es F1 dropped after the promotion")
+           "--actor", "alice.on-call", alone)
+    invoke("promote", ROUTE, "--reason", "clean canary: slice_es holds, en holds too", alone)
+    invoke("rollback", ROUTE, "--reason", "INC-42: slice_es F1 dropped after the promotion",
+           alone)
     return invoke
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.cli.common import console
-from router.demo.progress import BuildProgress
+from lora_router.demo.progress import BuildProgress
+from lora_router.router.cli.common import console
 
 LONG = "support-triage@v2: en 0.96 es 0.02 " * 6  # ~210 characters
 

@@ -9,7 +9,7 @@ from types import ModuleType
 
 from typer.main import get_command
 
-from router.cli.main import app
+from lora_router.router.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 

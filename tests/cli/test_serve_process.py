@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry.home import Home
+from lora_router.ground.home import Home
 from tests.conftest import free_port
 
-CLI = [sys.executable, "-m", "router.cli.main", "serve"]
+CLI = [sys.executable, "-m", "lora_router.router.cli.main", "serve"]
 
 
 def _env() -> dict[str, str]:

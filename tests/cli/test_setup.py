@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from registry.home import Home
-from router.cli.main import app
+from lora_router.ground.home import Home
+from lora_router.router.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="no make")

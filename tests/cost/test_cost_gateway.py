@@ -13,9 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from registry.home import Home
-from router.cli.main import app
-from router.log.factory import sqlite_path
+from lora_router.ground.home import Home
+from lora_router.router.cli.main import app
+from lora_router.router.log.factory import sqlite_path
 from tests.dashboard.conftest import ROUTE, V1, V2, Gateway, private_home, start_gateway, wait_for
 
 PROMPTS = ["Ticket: I was charged twice for the same invoice.\nCategory:",

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from router.dashboard.reader import LogReader, PostgresReader, SqliteReader
-from router.log.cost import CostLine, CostReport, PriceBook, cost_report
-from router.log.pg_sink import PostgresSink
-from router.log.sink import LogSink
-from router.log.sqlite_sink import SqliteSink
-from router.settings import Prices, Settings
+from lora_router.router.dashboard.reader import LogReader, PostgresReader, SqliteReader
+from lora_router.router.log.cost import CostLine, CostReport, PriceBook, cost_report
+from lora_router.router.log.pg_sink import PostgresSink
+from lora_router.router.log.sink import LogSink
+from lora_router.router.log.sqlite_sink import SqliteSink
+from lora_router.router.settings import Prices, Settings
 from tests.log.conftest import T0, make_record, make_writer
 
 V1, V2 = "support@v1", "support@v2"

@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from adapters.engine import GenerationRequest, SamplingParams
-from adapters.factory import build_engine
-from adapters.peft_engine import EmbeddedEngine
-from registry.home import Home
-from router.settings import Settings
+from lora_router.adapters.engine import GenerationRequest, SamplingParams
+from lora_router.adapters.factory import build_engine
+from lora_router.adapters.peft_engine import EmbeddedEngine
+from lora_router.ground.home import Home
+from lora_router.router.engine_spec import engine_spec
+from lora_router.router.settings import Settings
 
 PROMPT = "Ticket: I was charged twice for the same invoice.\nCategory:"
 V1 = "support-triage@v1"
@@ -23,7 +24,7 @@ V1 = "support-triage@v1"
 
 @pytest.fixture
 async def engine(demo_home: Home) -> AsyncIterator[EmbeddedEngine]:
-    e = build_engine(Settings(home=demo_home.root, device="cpu"), demo_home)
+    e = build_engine(engine_spec(Settings(home=demo_home.root, device="cpu")), demo_home)
     assert isinstance(e, EmbeddedEngine)
     await e.start()
     await e.load_adapter(V1, demo_home.adapter_dir(V1))

@@ -15,12 +15,12 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from registry.home import Home
-from router.app import create_app
-from router.auth.factory import build_key_store
-from router.auth.roles import Role
-from router.auth.store import create_key
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.app import create_app
+from lora_router.router.auth.factory import build_key_store
+from lora_router.router.auth.roles import Role
+from lora_router.router.auth.store import create_key
+from lora_router.router.settings import Settings
 from tests.api.conftest import Served, serve_app
 from tests.conftest import free_port
 

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
-from registry.home import Home
+from lora_router.ground.home import Home
 from tests.conftest import require
 from tests.dashboard.conftest import (
     ROUTE,

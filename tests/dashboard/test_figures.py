@@ -10,15 +10,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from router.dashboard.cache import TtlCache
-from router.dashboard.histogram import EDGES, NO_LATENCY, bin_of, quantile
-from router.dashboard.queries import Counts
-from router.dashboard.traffic import DriftIndex, Frame, summarize, with_drift
-from router.dashboard.views import describe_change
-from router.drift.events import Alert
-from router.drift.policy import GuardPolicy
-from router.flags.state import RouteState, Split
-from router.log.sink import percentile
+from lora_router.router.dashboard.cache import TtlCache
+from lora_router.router.dashboard.histogram import EDGES, NO_LATENCY, bin_of, quantile
+from lora_router.router.dashboard.queries import Counts
+from lora_router.router.dashboard.traffic import DriftIndex, Frame, summarize, with_drift
+from lora_router.router.dashboard.views import describe_change
+from lora_router.router.drift.events import Alert
+from lora_router.router.drift.policy import GuardPolicy
+from lora_router.router.flags.state import RouteState, Split
+from lora_router.router.log.sink import percentile
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 FRAME = Frame(T0, T0 + timedelta(minutes=15), 30)

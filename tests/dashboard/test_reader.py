@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from registry.errors import LogStoreUnavailable
-from router.dashboard.histogram import bin_of
-from router.dashboard.queries import open_alerts, open_incidents, traffic_counts
-from router.dashboard.reader import LogReader, PostgresReader, SqliteReader
-from router.drift.events import AlertIn
+from lora_router.ground.errors import LogStoreUnavailable
+from lora_router.router.dashboard.histogram import bin_of
+from lora_router.router.dashboard.queries import open_alerts, open_incidents, traffic_counts
+from lora_router.router.dashboard.reader import LogReader, PostgresReader, SqliteReader
+from lora_router.router.drift.events import AlertIn
 from tests.drift.conftest import T0, FrozenClock, LogDb, open_logdb, record
 
 V1, V2 = "support@v1", "support@v2"

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router.dashboard.reader import SqliteReader
-from router.dashboard.service import DashboardService
-from router.dashboard.views import Viewer
-from router.flags.memory import MemoryRouteStore
-from router.flags.service import RouteService
-from router.flags.state import RouteState
+from lora_router.router.dashboard.reader import SqliteReader
+from lora_router.router.dashboard.state import DashboardService
+from lora_router.router.dashboard.views import Viewer
+from lora_router.router.flags.memory import MemoryRouteStore
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.state import RouteState
 
 V1, V2 = "support-triage@v1", "support-triage@v2"
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from registry.home import Home
-from router.drift.events import AlertIn
-from router.drift.sqlite_store import SqliteDriftStore
-from router.log.factory import sqlite_path
+from lora_router.ground.home import Home
+from lora_router.router.drift.events import AlertIn
+from lora_router.router.drift.sqlite_store import SqliteDriftStore
+from lora_router.router.log.factory import sqlite_path
 from tests.dashboard.conftest import (
     ROUTE,
     V1,

@@ -8,17 +8,17 @@ import os
 import pytest
 import torch
 
-from adapters.base_pin import read_lock, verify_base
-from registry.cards import SubjectManifest
-from registry.errors import ConfigError
-from registry.hashing import file_hashes, salted_hash, tree_hash
-from registry.home import Home
-from registry.store import RegistryStore
-from registry.subjects import load_key, subject_hash
-from router.demo import build as B
-from router.demo.data import read_jsonl
-from router.demo.task import LABELS, format_prompt, parse_label
-from router.flags.state import load_routes_file
+from lora_router.demo import build as B
+from lora_router.demo.data import read_jsonl
+from lora_router.demo.task import LABELS, format_prompt, parse_label
+from lora_router.ground.errors import ConfigError
+from lora_router.ground.hashing import file_hashes, salted_hash, tree_hash
+from lora_router.ground.home import Home
+from lora_router.registry.base_pin import read_lock, verify_base
+from lora_router.registry.cards import SubjectManifest
+from lora_router.registry.store import RegistryStore
+from lora_router.registry.subjects import load_key, subject_hash
+from lora_router.router.flags.state import load_routes_file
 
 
 def test_base_loads_offline_like_a_users_model(demo_home: Home) -> None:
@@ -57,7 +57,7 @@ def test_recomputed_accuracy_matches_the_report(demo_home: Home) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from router.demo.evaluate import predict, slice_accuracy
+    from lora_router.demo.evaluate import predict, slice_accuracy
 
     report = B.load_report(demo_home)
     rows = read_jsonl(demo_home.dataset_dir(B.CLEAN_DATASET) / "test.jsonl")
@@ -89,7 +89,7 @@ def test_v1_answers_a_ticket_with_a_label_then_eos(demo_home: Home) -> None:
 
 
 def test_cards_exist_and_links_resolve(demo_home: Home) -> None:
-    from registry.store import RegistryStore
+    from lora_router.registry.store import RegistryStore
 
     store = RegistryStore(demo_home)
     lock = read_lock(demo_home)
@@ -123,7 +123,7 @@ def _digest(home: Home, value: str, manifest: SubjectManifest) -> str:
 
 
 def test_dataset_cards_record_subjects_and_quality(demo_home: Home) -> None:
-    from registry.store import RegistryStore
+    from lora_router.registry.store import RegistryStore
 
     store = RegistryStore(demo_home)
     rows = read_jsonl(demo_home.dataset_dir(B.CLEAN_DATASET) / "test.jsonl")

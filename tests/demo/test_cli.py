@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from adapters.base_pin import read_lock
-from registry.home import Home
-from router.cli.main import app
-from router.demo import build as B
+from lora_router.demo import build as B
+from lora_router.ground.home import Home
+from lora_router.registry.base_pin import read_lock
+from lora_router.router.cli.main import app
 
 runner = CliRunner()
 

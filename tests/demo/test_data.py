@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from router.demo import data as D
-from router.demo.task import LABELS, format_completion, format_prompt, parse_label
+from lora_router.demo import data as D
+from lora_router.demo.task import LABELS, format_completion, format_prompt, parse_label
 
 
 def test_generator_is_deterministic_for_a_seed() -> None:

@@ -9,17 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters.training import (
-    ADAPTER_FILES,
-    TrainConfig,
-    deterministic_torch,
-    train_from_config,
-    train_lora,
-)
-from registry.errors import BaseModelMismatch, RegistryError
-from registry.home import Home
-from registry.store import RegistryStore
-from router.demo import build as B
+from lora_router.demo import build as B
+from lora_router.ground.errors import BaseModelMismatch, RegistryError
+from lora_router.ground.home import Home
+from lora_router.registry.store import RegistryStore
+from lora_router.training.loop import deterministic_torch
+from lora_router.training.lora import ADAPTER_FILES, TrainConfig, train_from_config, train_lora
 
 
 def _short_config(home: Home, **update: object) -> dict[str, object]:
@@ -83,10 +78,10 @@ def test_deterministic_torch_fixes_threads_and_seed() -> None:
 
 
 def test_tokenizer_and_pretraining_are_deterministic(tmp_path: Path) -> None:
-    from registry.hashing import sha256_file
-    from router.demo import data as D
-    from router.demo.pretrain import PretrainConfig, pretrain_base
-    from router.demo.tokenizer import save_tokenizer, train_tokenizer
+    from lora_router.demo import data as D
+    from lora_router.demo.pretrain import PretrainConfig, pretrain_base
+    from lora_router.demo.tokenizer import save_tokenizer, train_tokenizer
+    from lora_router.ground.hashing import sha256_file
 
     lines = D.pretrain_lines(1, 30)
     cfg = PretrainConfig(steps=2, batch_size=4, block_size=32, warmup_steps=1)

@@ -14,17 +14,17 @@ from typing import Any
 
 import pytest
 
-from router.drift.baseline_model import Baseline
-from router.drift.pg_store import PostgresDriftStore
-from router.drift.sqlite_store import SqliteDriftStore
-from router.drift.store import DriftStore
-from router.log.pg_sink import PostgresSink
-from router.log.record import InferenceRecord
-from router.log.rows import RowBuilder
-from router.log.sink import LogSink
-from router.log.spool import Spool
-from router.log.sqlite_sink import SqliteSink
-from router.log.writer import LogWriter
+from lora_router.router.drift.baseline_model import Baseline
+from lora_router.router.drift.pg_store import PostgresDriftStore
+from lora_router.router.drift.sqlite_store import SqliteDriftStore
+from lora_router.router.drift.store import DriftStore
+from lora_router.router.log.pg_sink import PostgresSink
+from lora_router.router.log.record import InferenceRecord
+from lora_router.router.log.rows import RowBuilder
+from lora_router.router.log.sink import LogSink
+from lora_router.router.log.spool import Spool
+from lora_router.router.log.sqlite_sink import SqliteSink
+from lora_router.router.log.writer import LogWriter
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 ROUTE = "support"

@@ -18,26 +18,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from registry.home import Home
-from router.drift.baseline_source import BaselineSource
-from router.drift.baselines import load_baseline
-from router.drift.events import Incident
-from router.drift.guard import Guard
-from router.drift.monitor import DriftMonitor
-from router.drift.pg_store import PostgresDriftStore
-from router.drift.policy import GuardPolicy
-from router.drift.sqlite_store import SqliteDriftStore
-from router.drift.store import DriftStore
-from router.flags.service import RouteService
-from router.flags.state import RouteState, Split, TaskSpec
-from router.flags.store import RouteStore
-from router.log.pg_sink import PostgresSink
-from router.log.record import InferenceRecord
-from router.log.rows import RowBuilder
-from router.log.sink import LogSink
-from router.log.spool import Spool
-from router.log.sqlite_sink import SqliteSink
-from router.log.writer import LogWriter
+from lora_router.ground.home import Home
+from lora_router.router.drift.baseline_source import BaselineSource
+from lora_router.router.drift.baselines import load_baseline
+from lora_router.router.drift.events import Incident
+from lora_router.router.drift.guard import Guard
+from lora_router.router.drift.monitor import DriftMonitor
+from lora_router.router.drift.pg_store import PostgresDriftStore
+from lora_router.router.drift.policy import GuardPolicy
+from lora_router.router.drift.sqlite_store import SqliteDriftStore
+from lora_router.router.drift.store import DriftStore
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.state import RouteState, Split, TaskSpec
+from lora_router.router.flags.store import RouteStore
+from lora_router.router.log.pg_sink import PostgresSink
+from lora_router.router.log.record import InferenceRecord
+from lora_router.router.log.rows import RowBuilder
+from lora_router.router.log.sink import LogSink
+from lora_router.router.log.spool import Spool
+from lora_router.router.log.sqlite_sink import SqliteSink
+from lora_router.router.log.writer import LogWriter
 from tests.drift.conftest import FrozenClock, LogDb
 
 ROUTE = "support-triage"

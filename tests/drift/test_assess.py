@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from registry.home import Home
-from router.drift.assess import assess
-from router.drift.queries import DriftRecordNotFound, LogEntry
-from router.drift.runbook import Lineage, assess_model, main_route, route_view
-from router.flags.memory import MemoryRouteStore
+from lora_router.ground.home import Home
+from lora_router.router.drift.assess import assess
+from lora_router.router.drift.queries import DriftRecordNotFound, LogEntry
+from lora_router.router.drift.runbook import Lineage, assess_model, main_route, route_view
+from lora_router.router.flags.memory import MemoryRouteStore
 from tests.drift import incident_data as data
 from tests.drift.conftest import FrozenClock, LogDb
 

@@ -12,16 +12,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from adapters.peft_engine import EmbeddedEngine, EngineConfig
-from registry.home import Home
-from registry.lineage import validate
-from registry.store import RegistryStore
-from router.cli.main import app
-from router.demo import build as B
-from router.demo.data import read_jsonl
-from router.demo.task import LABELS, format_completion, format_prompt
-from router.drift.baseline_model import QUANTILE_LEVELS, Baseline
-from router.drift.baselines import (
+from lora_router.adapters.peft_engine import EmbeddedEngine, EngineConfig
+from lora_router.demo import build as B
+from lora_router.demo.data import read_jsonl
+from lora_router.demo.task import LABELS, format_completion, format_prompt
+from lora_router.ground.home import Home
+from lora_router.registry.lineage import validate
+from lora_router.registry.store import RegistryStore
+from lora_router.router.cli.main import app
+from lora_router.router.drift.baseline_model import QUANTILE_LEVELS, Baseline
+from lora_router.router.drift.baselines import (
     attach_baseline,
     base_token_counter,
     baseline_path,
@@ -31,8 +31,8 @@ from router.drift.baselines import (
     quantiles,
     summarize,
 )
-from router.log.record import InferenceRecord
-from router.log.rows import RowBuilder
+from lora_router.router.log.record import InferenceRecord
+from lora_router.router.log.rows import RowBuilder
 
 runner = CliRunner()
 

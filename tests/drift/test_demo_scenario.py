@@ -18,12 +18,12 @@ from typing import Any
 
 from typer.testing import CliRunner, Result
 
-from registry.home import Home
-from router.cli.main import app
-from router.drift.events import Alert, Incident
-from router.drift.sqlite_store import SqliteDriftStore
-from router.flags.sqlite_store import SqliteRouteStore
-from router.flags.store import AuditEntry
+from lora_router.ground.home import Home
+from lora_router.router.cli.main import app
+from lora_router.router.drift.events import Alert, Incident
+from lora_router.router.drift.sqlite_store import SqliteDriftStore
+from lora_router.router.flags.sqlite_store import SqliteRouteStore
+from lora_router.router.flags.store import AuditEntry
 
 ROUTE = "support-triage"
 V1, V2 = "support-triage@v1", "support-triage@v2"

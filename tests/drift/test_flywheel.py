@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from registry.cards import DatasetCard
-from registry.hashing import sha256_file, tree_hash
-from registry.home import Home
-from router.drift.events import Alert, Incident
-from router.drift.flywheel import export_incident, on_alert
-from router.drift.queries import DriftRecordNotFound, incident_alerts
-from router.drift.triggers import triggers
-from router.flags.memory import MemoryRouteStore
+from lora_router.ground.hashing import sha256_file, tree_hash
+from lora_router.ground.home import Home
+from lora_router.registry.cards import DatasetCard
+from lora_router.router.drift.events import Alert, Incident
+from lora_router.router.drift.flywheel import export_incident, on_alert
+from lora_router.router.drift.queries import DriftRecordNotFound, incident_alerts
+from lora_router.router.drift.triggers import triggers
+from lora_router.router.flags.memory import MemoryRouteStore
 from tests.drift import incident_data as data
 from tests.drift.conftest import FrozenClock, LogDb
 

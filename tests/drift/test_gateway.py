@@ -16,9 +16,9 @@ import httpx
 import uvicorn
 import yaml
 
-from registry.home import Home
-from router.app import create_app
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.app import create_app
+from lora_router.router.settings import Settings
 from tests.conftest import free_port
 
 ROUTE = "support-triage"
@@ -52,11 +52,11 @@ async def test_the_gateway_monitor_drops_a_canary_that_fails_spanish(
         while not server.started:
             assert not task.done(), "gateway did not start"
             await asyncio.sleep(0.05)
-        assert app.state.drift.status()["leader"] is not None
+        assert app.state.components.drift.status()["leader"] is not None
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             served = 0
             deadline = time.monotonic() + 120
-            while app.state.route_service.show(ROUTE).canary is not None:
+            while app.state.components.route_service.show(ROUTE).canary is not None:
                 assert time.monotonic() < deadline and served < 1200, "canary never dropped"
                 lang = "es" if served % 2 else "en"
                 r = await client.post(
@@ -74,9 +74,9 @@ async def test_the_gateway_monitor_drops_a_canary_that_fails_spanish(
             metrics = (await client.get("/metrics")).text
         assert any(line.startswith("lora_router_drift_alerts_total{") and 'arm="canary"' in line
                    for line in metrics.splitlines())
-        state = app.state.route_service.show(ROUTE)
+        state = app.state.components.route_service.show(ROUTE)
         assert state.live == V1 and state.updated_by == "guard"
-        [incident] = await app.state.drift.store.incidents()
+        [incident] = await app.state.components.drift.store.incidents()
         assert incident.model_id == V2 and incident.arm == "canary"
         assert incident.status == "contained"
     finally:

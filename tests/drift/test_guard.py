@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from registry.errors import VersionConflict
-from router.drift.events import Alert, AlertIn
-from router.drift.guard import Guard
-from router.drift.policy import GuardPolicy
-from router.drift.store import DriftStore
-from router.flags.redis_store import RedisRouteStore
-from router.flags.service import RouteService
-from router.flags.state import RouteState, Split
+from lora_router.ground.errors import VersionConflict
+from lora_router.router.drift.events import Alert, AlertIn
+from lora_router.router.drift.guard import Guard
+from lora_router.router.drift.policy import GuardPolicy
+from lora_router.router.drift.store import DriftStore
+from lora_router.router.flags.redis_store import RedisRouteStore
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.state import RouteState, Split
 from tests.drift.conftest import V1, V2, LogDb
 from tests.log.conftest import wait_until
 

@@ -15,12 +15,12 @@ import pytest
 import redis
 from typer.testing import CliRunner, Result
 
-from registry.home import Home
-from router.app import create_app
-from router.cli.main import app
-from router.flags import keys
-from router.flags.state import RouteState
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.app import create_app
+from lora_router.router.cli.main import app
+from lora_router.router.flags import keys
+from lora_router.router.flags.state import RouteState
+from lora_router.router.settings import Settings
 from tests.api.conftest import serve_app
 from tests.conftest import free_port
 from tests.flags.test_route_service import make_home

@@ -15,14 +15,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
-from registry.cards import DatasetCard
-from registry.home import Home
-from router.cli.main import app
-from router.drift.events import Incident
-from router.flags.redis_store import RedisRouteStore
-from router.flags.sqlite_store import SqliteRouteStore
-from router.flags.store import RouteStore
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.registry.cards import DatasetCard
+from lora_router.router.cli.main import app
+from lora_router.router.drift.events import Incident
+from lora_router.router.flags.redis_store import RedisRouteStore
+from lora_router.router.flags.sqlite_store import SqliteRouteStore
+from lora_router.router.flags.store import RouteStore
+from lora_router.router.settings import Settings
 from tests.drift import incident_data as data
 from tests.drift.conftest import FrozenClock
 from tests.drift.test_report import assert_chart

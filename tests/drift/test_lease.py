@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio as aredis
 
-from router.drift.lease import LocalLease, RedisLease
+from lora_router.router.drift.lease import LocalLease, RedisLease
 from tests.conftest import free_port
 
 

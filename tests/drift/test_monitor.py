@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
-from router.drift.baseline_model import Baseline
-from router.drift.monitor import DriftMonitor
-from router.drift.policy import GuardPolicy
-from router.drift.store import CheckpointConflict
-from router.flags.memory import MemoryRouteStore
-from router.flags.state import RouteState
+from lora_router.router.drift.baseline_model import Baseline
+from lora_router.router.drift.monitor import DriftMonitor
+from lora_router.router.drift.policy import GuardPolicy
+from lora_router.router.drift.store import CheckpointConflict
+from lora_router.router.flags.memory import MemoryRouteStore
+from lora_router.router.flags.state import RouteState
 from tests.drift.conftest import ROUTE, V1, LogDb, baseline, record, serve_and_label
 
 ES = GuardPolicy(auto_rollback=True, protect=("language=es",))

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from registry.home import Home
-from router.drift.queries import DriftRecordNotFound, LogEntry, entries
-from router.drift.report import drift_report, incident_report
-from router.drift.runbook import Lineage
-from router.drift.signals import ALL, compute_signals
-from router.flags.memory import MemoryRouteStore
+from lora_router.ground.home import Home
+from lora_router.registry.store import RegistryStore
+from lora_router.router.drift.queries import DriftRecordNotFound, LogEntry, entries
+from lora_router.router.drift.report import drift_report, incident_report
+from lora_router.router.drift.runbook import Lineage
+from lora_router.router.drift.signals import ALL, compute_signals
+from lora_router.router.flags.memory import MemoryRouteStore
 from tests.drift import incident_data as data
 from tests.drift.conftest import FrozenClock, LogDb
 
@@ -135,7 +136,8 @@ async def test_drift_report_and_its_signals_for_a_route(world: World,
     assert abs(pooled(data.V2, "language=en") - pooled(data.V1, "language=en")) < 0.05
     es = [s for s in world.scenario.of(data.V2, "es") if s.correct is not None]
     assert sig.pooled(data.V2, "language=es").n == len(es)
-    assert sig.bars["language=es"] == pytest.approx(0.9703)  # from v1's card's eval
+    v1_card = RegistryStore(world.home).get_model_card(data.V1)
+    assert sig.bars["language=es"] == pytest.approx(v1_card.eval["slice_es"])  # its card's eval
     assert set(sig.input_drift) >= {("language (PSI)", data.V1), ("chars (KS D)", data.V2)}
 
 

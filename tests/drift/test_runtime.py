@@ -15,22 +15,22 @@ from contextlib import asynccontextmanager
 import pytest
 import redis
 
-from registry.home import Home
-from router.drift.lease import LEASE_KEY
-from router.drift.policy import GuardPolicy
-from router.drift.runtime import DriftRuntime
-from router.flags.memory import MemoryRouteStore
-from router.flags.redis_store import RedisRouteStore
-from router.flags.service import RouteService
-from router.flags.state import RouteState, Split
-from router.flags.store import RouteStore
-from router.log.pg_sink import PostgresSink
-from router.log.rows import RowBuilder
-from router.log.sink import LogSink
-from router.log.spool import Spool
-from router.log.sqlite_sink import SqliteSink
-from router.log.writer import LogWriter
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.drift.lease import LEASE_KEY
+from lora_router.router.drift.policy import GuardPolicy
+from lora_router.router.drift.runtime import DriftRuntime
+from lora_router.router.flags.memory import MemoryRouteStore
+from lora_router.router.flags.redis_store import RedisRouteStore
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.state import RouteState, Split
+from lora_router.router.flags.store import RouteStore
+from lora_router.router.log.pg_sink import PostgresSink
+from lora_router.router.log.rows import RowBuilder
+from lora_router.router.log.sink import LogSink
+from lora_router.router.log.spool import Spool
+from lora_router.router.log.sqlite_sink import SqliteSink
+from lora_router.router.log.writer import LogWriter
+from lora_router.router.settings import Settings
 from tests.drift.conftest import LABELS, serve_and_label
 
 ROUTE = "support-triage"  # the demo home's route and cards (gate bars from their eval)
@@ -128,7 +128,7 @@ async def test_of_two_replicas_one_monitor_acts_once(
 
 @pytest.mark.parametrize("url", ["ftp://hook", "http://hook"])
 def test_a_webhook_needs_an_http_url_and_a_secret(copy_home: Home, url: str) -> None:
-    from registry.errors import ConfigError
+    from lora_router.ground.errors import ConfigError
 
     settings = Settings(home=copy_home.root, drift_webhook_url=url)
     with pytest.raises(ConfigError):

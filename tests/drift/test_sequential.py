@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from router.drift.sequential import (
+from lora_router.router.drift.sequential import (
     BernoulliCusum,
     Observation,
     cusum_arl,

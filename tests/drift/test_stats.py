@@ -8,7 +8,7 @@ from statistics import NormalDist
 
 import pytest
 
-from router.drift import stats
+from lora_router.router.drift import stats
 
 LEVELS = [i / 20 for i in range(21)]
 

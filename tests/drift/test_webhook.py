@@ -11,15 +11,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from router.drift.alerts import (
+from lora_router.router.drift.alerts import (
     EVENT_HEADER,
     SIGNATURE_HEADER,
     OutboxDelivery,
     WebhookSender,
     verify,
 )
-from router.drift.events import AlertIn
-from router.drift.store import DriftStore
+from lora_router.router.drift.events import AlertIn
+from lora_router.router.drift.store import DriftStore
 from tests.conftest import free_port
 from tests.drift.conftest import ROUTE, V2, FrozenClock, LogDb
 
@@ -136,7 +136,7 @@ async def test_a_dead_webhook_keeps_its_events_and_backs_off(
 
 
 def test_a_signature_is_refused_when_tampered_or_old() -> None:
-    from router.drift.alerts import sign
+    from lora_router.router.drift.alerts import sign
 
     header = sign(SECRET, b"{}", 1_000_000)
     assert verify(SECRET, b"{}", header, now=1_000_010)

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 import httpx
 import yaml
 
-from registry.home import Home
-from registry.store import RegistryStore
+from lora_router.ground.home import Home
+from lora_router.registry.store import RegistryStore
 from tests.conftest import free_port
 
 V1, V2, ROUTE = "support-triage@v1", "support-triage@v2", "support-triage"
@@ -29,7 +29,7 @@ def serving(home: Home) -> Iterator[httpx.Client]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "router.cli.main", "serve", "--home", str(home.root),
+        [sys.executable, "-m", "lora_router.router.cli.main", "serve", "--home", str(home.root),
          "--port", str(port), "--log-level", "warning"],
         env=env,
     )

@@ -39,15 +39,15 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from registry.errors import ConfigError
-from registry.home import Home
-from router.app import create_app
-from router.cli.main import app
-from router.demo.task import format_prompt
-from router.flags import keys
-from router.flags.redis_store import RedisRouteStore
-from router.flags.state import RouteState, Split
-from router.settings import Settings
+from lora_router.demo.task import format_prompt
+from lora_router.ground.errors import ConfigError
+from lora_router.ground.home import Home
+from lora_router.router.app import create_app
+from lora_router.router.cli.main import app
+from lora_router.router.flags import keys
+from lora_router.router.flags.redis_store import RedisRouteStore
+from lora_router.router.flags.state import RouteState, Split
+from lora_router.router.settings import Settings
 from tests.api.conftest import Gateway, adapter_ids, start_gateway, write_routes
 from tests.conftest import free_port, require
 from tests.flags.conftest import RedisServer
@@ -177,7 +177,7 @@ def test_the_admin_api_requires_the_token_when_one_is_set(cluster: Cluster) -> N
     assert httpx.get(f"{cluster.b.url}/admin/routes/support-triage", timeout=10).is_success
 
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    cmd = [sys.executable, "-m", "router.cli.main", "route", "show", "support-triage",
+    cmd = [sys.executable, "-m", "lora_router.router.cli.main", "route", "show", "support-triage",
            "--url", cluster.a.url]
     ok = subprocess.run(cmd, env={**env, "LORA_ROUTER_ADMIN_TOKEN": TOKEN, "COLUMNS": "200"},
                         capture_output=True, text=True, timeout=120)

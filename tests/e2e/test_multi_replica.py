@@ -9,7 +9,7 @@ an adapter first) reaches all of them; a gateway's admin API, whose pooled Redis
 died with the restart, accepts a flip at once too.
 
 The harness (Redis, gateways, load generator in its own process, applied-report recorder)
-is ``bench/cluster.py``, shared with ``bench/rollback.py``.
+is ``tests/harness/cluster.py``, shared with ``bench/rollback.py``.
 """
 
 from __future__ import annotations
@@ -28,10 +28,18 @@ import httpx
 import pytest
 import redis.asyncio as aredis
 
-from bench.cluster import ROOT, AppliedRecorder, Cluster, LoadGen, Record, open_writer, violations
-from registry.home import Home
-from router.flags.replicas import ApplyReport, ReplicaRegistry
+from lora_router.ground.home import Home
+from lora_router.router.flags.replicas import ApplyReport, ReplicaRegistry
 from tests.conftest import require
+from tests.harness.cluster import (
+    ROOT,
+    AppliedRecorder,
+    Cluster,
+    LoadGen,
+    Record,
+    open_writer,
+    violations,
+)
 
 ROUTE = "support-triage"
 V1, V2 = "support-triage@v1", "support-triage@v2"
@@ -52,7 +60,7 @@ def _cli(cluster: Cluster, *args: str) -> str:
     env = {**os.environ, "REDIS_URL": cluster.redis_url, "COLUMNS": "200",
            "LORA_ROUTER_HOME": str(cluster.writer_home)}
     out = subprocess.run(
-        [sys.executable, "-m", "router.cli.main", *args], cwd=ROOT, env=env,
+        [sys.executable, "-m", "lora_router.router.cli.main", *args], cwd=ROOT, env=env,
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr

@@ -35,12 +35,12 @@ import httpx
 import pytest
 import redis
 
-from registry.home import Home
-from router.demo.task import format_prompt
-from router.flags import keys
-from router.flags.redis_store import RedisRouteStore
-from router.flags.replicas import ReplicaRegistry
-from router.settings import Settings
+from lora_router.demo.task import format_prompt
+from lora_router.ground.home import Home
+from lora_router.router.flags import keys
+from lora_router.router.flags.redis_store import RedisRouteStore
+from lora_router.router.flags.replicas import ReplicaRegistry
+from lora_router.router.settings import Settings
 from tests.api.conftest import Gateway, adapter_ids, start_gateway, write_routes
 from tests.conftest import free_port, require
 from tests.flags.conftest import RedisServer
@@ -310,10 +310,10 @@ def test_readonly_redis_and_malformed_messages_leave_every_loop_running(
         # applied report cannot be written
         cur = cluster.a.components.store.get(ROUTE)
         published = cur.model_copy(update={"version": cur.version + 1, "reason": "failover"})
-        client.publish(keys.CHANGES_CHANNEL, published.model_dump_json())
+        client.publish(keys.channel(keys.CHANGES_CHANNEL, client), published.model_dump_json())
         for junk in (b"not json", b"[]", b'{"id": "x"}', b"\xff\xfe"):
-            client.publish(keys.CHANGES_CHANNEL, junk)
-            client.publish(keys.LOAD_REQUEST_CHANNEL, junk)
+            client.publish(keys.channel(keys.CHANGES_CHANNEL, client), junk)
+            client.publish(keys.channel(keys.LOAD_REQUEST_CHANNEL, client), junk)
         for gw in cluster.both():
             wait_for(lambda gw=gw: gw.components.store.get(ROUTE).version == published.version,
                      10, "the published state applied")

@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from registry.home import Home
+from lora_router.ground.home import Home
 from tests.conftest import free_port
 
 PROMPT = "Ticket: I was charged twice for my order\nCategory:"
@@ -33,7 +33,7 @@ def test_serve_logs_feedback_and_flips(copy_home: Home) -> None:
         [
             sys.executable,
             "-m",
-            "router.cli.main",
+            "lora_router.router.cli.main",
             "serve",
             "--home",
             str(copy_home.root),

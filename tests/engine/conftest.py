@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from adapters.peft_engine import EmbeddedEngine, EngineConfig
+from lora_router.adapters.peft_engine import EmbeddedEngine, EngineConfig
 from tests.engine.oracle import Oracle
 from tests.engine.tiny import TinyHome, build_tiny_home
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from adapters.engine import GenerationRequest, SamplingParams
-from adapters.peft_engine import EmbeddedEngine
-from registry.errors import (
+from lora_router.adapters.engine import GenerationRequest, SamplingParams
+from lora_router.adapters.peft_engine import EmbeddedEngine
+from lora_router.ground.errors import (
     AdapterIncompatible,
     AdapterNotFound,
     AdapterNotResident,

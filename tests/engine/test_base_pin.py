@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from adapters.factory import build_engine
-from adapters.peft_engine import EmbeddedEngine
-from registry.errors import BaseModelMismatch, ConfigError, HomeNotInitialised
-from registry.home import Home
-from router.settings import Settings
+from lora_router.adapters.factory import build_engine
+from lora_router.adapters.peft_engine import EmbeddedEngine
+from lora_router.ground.errors import BaseModelMismatch, ConfigError, HomeNotInitialised
+from lora_router.ground.home import Home
+from lora_router.router.engine_spec import engine_spec
+from lora_router.router.settings import Settings
 from tests.engine.conftest import CONFIG
 from tests.engine.tiny import TinyHome
 
@@ -42,7 +43,7 @@ def test_changed_weights_refuse_to_start_through_the_factory(
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
     with pytest.raises(BaseModelMismatch):
-        build_engine(Settings(home=home.root), home)
+        build_engine(engine_spec(Settings(home=home.root)), home)
 
 
 def test_unpinned_home_refuses_to_start(tiny: TinyHome, tmp_path: Path) -> None:
@@ -54,7 +55,7 @@ def test_unpinned_home_refuses_to_start(tiny: TinyHome, tmp_path: Path) -> None:
 
 def test_factory_builds_the_embedded_engine_from_settings(tiny: TinyHome) -> None:
     settings = Settings(home=tiny.home.root, max_adapters=3, max_lora_rank=8, device="cpu")
-    engine = build_engine(settings, tiny.home)
+    engine = build_engine(engine_spec(settings), tiny.home)
     assert isinstance(engine, EmbeddedEngine)
     assert engine.base.name == "tiny-llama"
     assert engine.base.sha256.startswith("sha256:")
@@ -68,4 +69,4 @@ def test_factory_refuses_vllm(tiny: TinyHome) -> None:
         engine: str = "vllm"
 
     with pytest.raises(ConfigError, match="not installed"):
-        build_engine(VllmSettings(home=tiny.home.root), tiny.home)
+        build_engine(engine_spec(VllmSettings(home=tiny.home.root)), tiny.home)

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from adapters.engine import GenerationRequest, SamplingParams, StreamChunk
-from adapters.peft_engine import EmbeddedEngine
-from registry.errors import (
+from lora_router.adapters.engine import GenerationRequest, SamplingParams, StreamChunk
+from lora_router.adapters.peft_engine import EmbeddedEngine
+from lora_router.ground.errors import (
     AdapterNotResident,
     EngineError,
     EngineOverloaded,

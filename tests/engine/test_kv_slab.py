@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from adapters.batcher import SlabLayer
+from lora_router.adapters.batcher import SlabLayer
 
 
 def test_slab_appends_in_place_and_grows_keeping_contents() -> None:

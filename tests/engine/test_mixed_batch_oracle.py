@@ -7,10 +7,10 @@ import asyncio
 import pytest
 import torch
 
-from adapters.adapter_files import linear_shapes, read_adapter
-from adapters.engine import GenerationRequest, SamplingParams
-from adapters.peft_engine import EmbeddedEngine
-from adapters.slots import SlotBank
+from lora_router.adapters.adapter_files import linear_shapes, read_adapter
+from lora_router.adapters.engine import GenerationRequest, SamplingParams
+from lora_router.adapters.peft_engine import EmbeddedEngine
+from lora_router.adapters.slots import SlotBank
 from tests.engine.oracle import PROMPTS, Oracle
 from tests.engine.tiny import TinyHome, load_base
 

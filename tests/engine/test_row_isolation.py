@@ -17,10 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from adapters.adapter_files import WEIGHTS_FILE
-from adapters.engine import GenerationRequest, GenerationResult, SamplingParams
-from adapters.peft_engine import EmbeddedEngine
-from registry.errors import EngineError
+from lora_router.adapters.adapter_files import WEIGHTS_FILE
+from lora_router.adapters.engine import GenerationRequest, GenerationResult, SamplingParams
+from lora_router.adapters.peft_engine import EmbeddedEngine
+from lora_router.ground.errors import EngineError
 from tests.engine.conftest import CONFIG, started
 from tests.engine.oracle import PROMPTS, Oracle
 from tests.engine.tiny import TinyHome

@@ -7,9 +7,9 @@ import math
 
 import torch
 
-from adapters.decoding import Row, sample_tokens
-from adapters.engine import GenerationRequest, GenerationResult, SamplingParams
-from registry.errors import EngineError, LoraRouterError
+from lora_router.adapters.decoding import Row, sample_tokens
+from lora_router.adapters.engine import GenerationRequest, GenerationResult, SamplingParams
+from lora_router.ground.errors import EngineError, LoraRouterError
 
 VOCAB = 64
 

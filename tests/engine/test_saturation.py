@@ -6,7 +6,7 @@ import asyncio
 import threading
 from dataclasses import replace
 
-from adapters.engine import GenerationRequest, SamplingParams
+from lora_router.adapters.engine import GenerationRequest, SamplingParams
 from tests.engine.conftest import CONFIG, started
 from tests.engine.oracle import PROMPTS
 from tests.engine.tiny import TinyHome

@@ -17,8 +17,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from adapters.base_pin import pin_base
-from registry.home import Home
+from lora_router.ground.home import Home
+from lora_router.registry.base_pin import pin_base
 
 CORPUS = [
     "the printer on floor two is jammed again and nobody can print invoices",

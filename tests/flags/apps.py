@@ -10,9 +10,12 @@ from contextlib import contextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from router.api import admin
-from router.api.errors import install_error_handlers
-from router.flags.service import RouteService
+from lora_router.router.api import admin
+from lora_router.router.api.access_rules import AccessRules
+from lora_router.router.api.errors import install_error_handlers
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.limits import Limits
+from tests.api.partial import provide
 from tests.conftest import free_port
 
 
@@ -20,8 +23,7 @@ def admin_app(service: RouteService) -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(admin.router)
-    app.state.route_service = service
-    return app
+    return provide(app, route_service=service, access=AccessRules(), limits=Limits())
 
 
 @contextmanager
@@ -35,7 +37,7 @@ def serve_in_thread(make_service: object) -> Iterator[str]:
 
     async def main() -> None:
         service = await make_service()  # type: ignore[operator]
-        app.state.route_service = service
+        provide(app, route_service=service, access=AccessRules(), limits=Limits())
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         server = uvicorn.Server(config)
         holder["server"] = server

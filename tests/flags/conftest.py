@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from router.flags.memory import MemoryRouteStore
-from router.flags.redis_store import RedisRouteStore
-from router.flags.sqlite_store import SqliteRouteStore
-from router.flags.state import RouteState, Split
-from router.flags.store import RouteStore
+from lora_router.router.flags.memory import MemoryRouteStore
+from lora_router.router.flags.redis_store import RedisRouteStore
+from lora_router.router.flags.sqlite_store import SqliteRouteStore
+from lora_router.router.flags.state import RouteState, Split
+from lora_router.router.flags.store import RouteStore
 from tests.conftest import free_port, require
 
 

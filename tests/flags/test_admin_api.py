@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.flags.factory import home_known_adapters
-from router.flags.service import RouteService
-from router.flags.store import RouteStore
+from lora_router.router.flags.factory import home_known_adapters
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.store import RouteStore
 from tests.flags.apps import admin_app
 from tests.flags.conftest import make_state
 from tests.flags.test_route_service import make_home

@@ -1,4 +1,9 @@
-"""The route CLI against the real Redis: directly (REDIS_URL) and through a gateway (--url)."""
+"""The route CLI against the real Redis: directly (REDIS_URL) and through a gateway (--url).
+
+Direct changes with no gateway replica registered pass ``--allow-no-replicas`` where the test
+is about something else (what such a change says, and its exit status: tests/cli/
+test_direct_mode.py).
+"""
 
 from __future__ import annotations
 
@@ -14,16 +19,16 @@ import redis
 import redis.asyncio as aredis
 from typer.testing import CliRunner
 
-from router.cli.flags import _print_change
-from router.cli.main import app
-from router.flags import keys
-from router.flags.factory import home_known_adapters
-from router.flags.member import ReplicaMember
-from router.flags.redis_store import RedisRouteStore
-from router.flags.replicas import ReplicaInfo
-from router.flags.service import RouteService
-from router.flags.state import RouteState, load_routes_file
-from router.flags.views import AppliedOut, ChangeOut
+from lora_router.router.cli.flags import _print_change
+from lora_router.router.cli.main import app
+from lora_router.router.flags import keys
+from lora_router.router.flags.factory import home_known_adapters
+from lora_router.router.flags.member import ReplicaMember
+from lora_router.router.flags.redis_store import RedisRouteStore
+from lora_router.router.flags.replicas import ReplicaInfo
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.state import RouteState, load_routes_file
+from lora_router.router.flags.views import AppliedOut, ChangeOut
 from tests.flags.apps import serve_in_thread
 from tests.flags.test_route_service import make_home
 
@@ -139,7 +144,7 @@ def test_read_only_commands_never_write_and_a_change_creates_its_route(
     assert r.exit_code == 2 and "no route 'support'" in r.stderr
     assert cli("audit", "support").exit_code == 2
     assert redis_keys(redis_url) == []  # nothing seeded, nothing audited
-    r = cli("set-live", "support", "support@v2", "--reason", "hotfix")
+    r = cli("set-live", "support", "support@v2", "--reason", "hotfix", "--allow-no-replicas")
     assert r.exit_code == 0, r.output
     assert stored(redis_url, "support").version == 2  # seeded from routes.yaml, then changed
     result = cli("routes")
@@ -156,7 +161,7 @@ def test_a_bad_routes_file_never_reaches_redis_from_the_cli(
     assert "routes.yaml" in r.stderr and "route 'r1'" in r.stderr and "support@v9" in r.stderr
     assert redis_keys(redis_url) == []
     # the bad route does not block a change of another route (a rollback must work)
-    r = cli("rollback", "support", "--reason", "v1 regressed")
+    r = cli("rollback", "support", "--reason", "v1 regressed", "--allow-no-replicas")
     assert r.exit_code == 0, r.output
     assert stored(redis_url, "support").live == "support@v0"
     assert cli("route", "show", "r1").exit_code == 2
@@ -164,11 +169,11 @@ def test_a_bad_routes_file_never_reaches_redis_from_the_cli(
 
 def test_canary_promote_and_audit(cli: Any, redis_url: str) -> None:
     r = cli("canary", "support", "support@v2", "--percent", "20", "--reason", "try v2",
-            "--actor", "ann")
+            "--actor", "ann", "--allow-no-replicas")
     assert r.exit_code == 0, r.output
     assert "version 2" in r.stdout and "canary=support@v2 20%" in r.stdout
     assert stored(redis_url, "support").canary is not None
-    r = cli("promote", "support", "--reason", "v2 is good")
+    r = cli("promote", "support", "--reason", "v2 is good", "--allow-no-replicas")
     assert r.exit_code == 0, r.output
     state = stored(redis_url, "support")
     assert (state.live, state.rollback_target, state.version) == ("support@v2", "support@v1", 3)
@@ -235,7 +240,7 @@ def test_cli_through_a_running_gateway(cli: Any, redis_url: str, home: Path) -> 
 
 
 def make_home_of(path: Path) -> Any:
-    from registry.home import Home
+    from lora_router.ground.home import Home
 
     return Home.at(path)
 

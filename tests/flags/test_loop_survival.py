@@ -16,10 +16,10 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from router.flags import keys
-from router.flags.member import LoadResponder, ReplicaMember
-from router.flags.redis_store import RedisRouteStore
-from router.flags.replicas import ReplicaInfo, ReplicaRegistry
+from lora_router.router.flags import keys
+from lora_router.router.flags.member import LoadResponder, ReplicaMember
+from lora_router.router.flags.redis_store import RedisRouteStore
+from lora_router.router.flags.replicas import ReplicaInfo, ReplicaRegistry
 from tests.conftest import free_port
 from tests.flags.conftest import RedisServer, make_state
 
@@ -88,7 +88,7 @@ async def test_readonly_redis_stops_neither_the_listener_nor_the_heartbeat(
         # a change published meanwhile is applied, though its applied report cannot be
         # written; the heartbeat's writes fail too
         published = cur.model_copy(update={"version": cur.version + 1, "reason": "failover"})
-        admin.publish(keys.CHANGES_CHANNEL, published.model_dump_json())
+        admin.publish(keys.channel(keys.CHANGES_CHANNEL, admin), published.model_dump_json())
         await wait_until(lambda: replica.store.get("support") == published, 5, "applied")
         await wait_until(lambda: replica.errors()["heartbeat"] > 0
                          and replica.errors()["flags_listener"] > 0, 10, "READONLY seen")
@@ -119,8 +119,8 @@ async def test_malformed_messages_stop_neither_the_listener_nor_the_load_respond
     replica: Replica, client: aredis.Redis, admin: redis.Redis, throwaway_redis: RedisServer
 ) -> None:
     for junk in JUNK:
-        admin.publish(keys.LOAD_REQUEST_CHANNEL, junk)
-        admin.publish(keys.CHANGES_CHANNEL, junk)
+        admin.publish(keys.channel(keys.LOAD_REQUEST_CHANNEL, admin), junk)
+        admin.publish(keys.channel(keys.CHANGES_CHANNEL, admin), junk)
     await wait_until(lambda: replica.errors()["load_responder"] >= len(JUNK)
                      and replica.errors()["flags_listener"] >= len(JUNK), 10, "junk counted")
     registry = ReplicaRegistry(client, settle_s=1.0)

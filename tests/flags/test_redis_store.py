@@ -10,10 +10,10 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from registry.errors import FlagStoreUnavailable, VersionConflict
-from router.flags import keys
-from router.flags.redis_store import RedisRouteStore
-from router.flags.state import RouteState, Split
+from lora_router.ground.errors import FlagStoreUnavailable, VersionConflict
+from lora_router.router.flags import keys
+from lora_router.router.flags.redis_store import RedisRouteStore
+from lora_router.router.flags.state import RouteState, Split
 from tests.flags.conftest import RedisServer, canary_state, make_state
 
 

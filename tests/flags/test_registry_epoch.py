@@ -14,12 +14,12 @@ import httpx
 import pytest
 import redis.asyncio as aredis
 
-from registry.errors import ReplicaRegistrySettling
-from router.flags import keys
-from router.flags.member import LoadResponder, ReplicaMember
-from router.flags.redis_store import RedisRouteStore
-from router.flags.replicas import ReplicaInfo, ReplicaRegistry
-from router.flags.service import RouteService
+from lora_router.ground.errors import ReplicaRegistrySettling
+from lora_router.router.flags import keys
+from lora_router.router.flags.member import LoadResponder, ReplicaMember
+from lora_router.router.flags.redis_store import RedisRouteStore
+from lora_router.router.flags.replicas import ReplicaInfo, ReplicaRegistry
+from lora_router.router.flags.route_service import RouteService
 from tests.flags.apps import admin_app
 from tests.flags.conftest import RedisServer, make_state
 

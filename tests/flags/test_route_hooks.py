@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from registry.errors import RouteChangeRefused
-from registry.home import Home
-from registry.route_status import card_rollback_target
-from registry.store import RegistryStore
-from router.flags.factory import home_known_adapters
-from router.flags.runtime import registry_hooks
-from router.flags.service import RouteService
-from router.flags.state import RouteState
-from router.flags.store import RouteStore
+from lora_router.ground.errors import RouteChangeRefused
+from lora_router.ground.home import Home
+from lora_router.registry.store import RegistryStore
+from lora_router.router.flags.factory import home_known_adapters
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.route_status import card_rollback_target
+from lora_router.router.flags.runtime import registry_hooks
+from lora_router.router.flags.state import RouteState
+from lora_router.router.flags.store import RouteStore
 from tests.flags.conftest import make_state
 from tests.flags.test_route_service import card_for, make_home, retire
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.cards import BaseModelRef, Method, ModelCard
-from registry.errors import (
+from lora_router.ground.errors import (
     AdapterNotFound,
     InvalidId,
     InvalidRequest,
@@ -16,12 +15,13 @@ from registry.errors import (
     RouteNotFound,
     VersionConflict,
 )
-from registry.home import Home
-from registry.store import RegistryStore
-from router.flags.factory import home_known_adapters
-from router.flags.service import RouteService
-from router.flags.state import Split
-from router.flags.store import RouteStore
+from lora_router.ground.home import Home
+from lora_router.registry.cards import BaseModelRef, Method, ModelCard
+from lora_router.registry.store import RegistryStore
+from lora_router.router.flags.factory import home_known_adapters
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.state import Split
+from lora_router.router.flags.store import RouteStore
 from tests.flags.conftest import make_state
 
 ADAPTERS = ["support@v0", "support@v1", "support@v2", "support@v3"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from router.flags.state import Split
-from router.routing import bucket, choose
+from lora_router.router.flags.state import Split
+from lora_router.router.routing import bucket, choose
 from tests.flags.conftest import make_state
 
 KEYS = [f"user-{i}" for i in range(10_000)]
@@ -51,7 +51,7 @@ def test_raising_the_percent_only_moves_keys_from_live_to_canary() -> None:
 def test_buckets_are_the_same_in_another_process() -> None:
     sample = KEYS[:200]
     code = (
-        "import sys; from router.routing import bucket; "
+        "import sys; from lora_router.router.routing import bucket; "
         "print(','.join(str(bucket('support', k)) for k in sys.argv[1:]))"
     )
     out = subprocess.run(

@@ -8,9 +8,9 @@ from collections.abc import Iterable
 
 from prometheus_client import REGISTRY
 
-from router.flags.memory import MemoryRouteStore
-from router.flags.state import Split
-from router.routing import ServingRoutes, choose
+from lora_router.router.flags.memory import MemoryRouteStore
+from lora_router.router.flags.state import Split
+from lora_router.router.routing import ServingRoutes, choose
 from tests.flags.conftest import make_state
 
 

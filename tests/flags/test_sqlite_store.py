@@ -8,11 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from registry.errors import ConfigError, FlagStoreUnavailable, VersionConflict
-from registry.home import Home
-from router.flags.factory import build_route_store, check_routes_file, sqlite_route_names
-from router.flags.sqlite_store import SqliteRouteStore
-from router.settings import Settings
+from lora_router.ground.errors import ConfigError, FlagStoreUnavailable, VersionConflict
+from lora_router.ground.home import Home
+from lora_router.router.flags.factory import (
+    build_route_store,
+    check_routes_file,
+    sqlite_route_names,
+)
+from lora_router.router.flags.sqlite_store import SqliteRouteStore
+from lora_router.router.settings import Settings
 from tests.flags.conftest import canary_state, make_state
 
 

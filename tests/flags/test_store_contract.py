@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from registry.errors import VersionConflict
-from router.flags.state import RouteState, Split
-from router.flags.store import RouteStore
+from lora_router.ground.errors import VersionConflict
+from lora_router.router.flags.state import RouteState, Split
+from lora_router.router.flags.store import RouteStore
 from tests.flags.conftest import canary_state, make_state
 
 

@@ -19,13 +19,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from router.log.pg_sink import PostgresSink
-from router.log.record import InferenceRecord
-from router.log.rows import Row, RowBuilder
-from router.log.sink import LogSink
-from router.log.spool import Spool
-from router.log.sqlite_sink import SqliteSink
-from router.log.writer import LogWriter
+from lora_router.router.log.pg_sink import PostgresSink
+from lora_router.router.log.record import InferenceRecord
+from lora_router.router.log.rows import Row, RowBuilder
+from lora_router.router.log.sink import LogSink
+from lora_router.router.log.spool import Spool
+from lora_router.router.log.sqlite_sink import SqliteSink
+from lora_router.router.log.writer import LogWriter
 from tests.conftest import free_port, require
 
 # a day ago, not a fixed date: input rows older than the retention (30 d) would be purged

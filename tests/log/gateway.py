@@ -25,12 +25,12 @@ from typing import Any
 import httpx
 import uvicorn
 
-from adapters.engine import Engine
-from registry.home import Home
-from router.app import create_app
-from router.service import Recorder
-from router.settings import Settings
-from router.shadow import BackgroundShadow
+from lora_router.adapters.engine import Engine
+from lora_router.ground.home import Home
+from lora_router.router.app import create_app
+from lora_router.router.completions import Recorder
+from lora_router.router.settings import Settings
+from lora_router.router.shadow import BackgroundShadow
 from tests.api.conftest import adapter_ids, write_routes
 
 __all__ = [
@@ -81,7 +81,7 @@ async def live_gateway(
             await asyncio.sleep(0.05)
         if shadow is not None:
             components = app.state.components
-            rec = recorder if recorder is not None else app.state.log_writer.record
+            rec = recorder if recorder is not None else components.log_writer.record
             dispatcher = shadow(components.engine, rec)
             components.service.shadow = dispatcher
         yield LiveGateway(f"http://127.0.0.1:{settings.port}", app, dispatcher)
@@ -126,7 +126,7 @@ def serve_process(
     if database_url:
         full["DATABASE_URL"] = database_url
     full.update(env or {})
-    cmd = [sys.executable, "-m", "router.cli.main", "serve", "--home", str(home.root),
+    cmd = [sys.executable, "-m", "lora_router.router.cli.main", "serve", "--home", str(home.root),
            "--port", str(port), "--routes", str(routes), "--log-level", "warning"]
     return subprocess.Popen(cmd, env=full, stdout=subprocess.DEVNULL)
 

@@ -12,8 +12,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from router.log.factory import build_log_writer
-from router.settings import Settings
+from lora_router.router.log.factory import build_log_writer
+from lora_router.router.settings import Settings
 from tests.log.conftest import make_record
 
 

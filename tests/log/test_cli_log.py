@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from router.cli.main import app
-from router.log.pg_sink import PostgresSink
-from router.log.rows import RowBuilder
-from router.log.sink import LogSink
-from router.log.sqlite_sink import SqliteSink
+from lora_router.router.cli.main import app
+from lora_router.router.log.pg_sink import PostgresSink
+from lora_router.router.log.rows import RowBuilder
+from lora_router.router.log.sink import LogSink
+from lora_router.router.log.sqlite_sink import SqliteSink
 from tests.log.conftest import make_record
 
 

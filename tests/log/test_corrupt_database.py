@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from registry.errors import LogStoreUnavailable
-from registry.home import Home
-from router.log.sqlite_sink import SqliteSink
-from router.settings import Settings
+from lora_router.ground.errors import LogStoreUnavailable
+from lora_router.ground.home import Home
+from lora_router.router.log.sqlite_sink import SqliteSink
+from lora_router.router.settings import Settings
 from tests.conftest import free_port
 from tests.log.conftest import make_row
 from tests.log.gateway import adapter_ids, live_gateway, prompt_for, write_routes

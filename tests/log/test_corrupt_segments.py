@@ -8,10 +8,10 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from router.log.journal import encode, header
-from router.log.rows import RowBuilder
-from router.log.sink import LogSink
-from router.log.spool import Spool
+from lora_router.router.log.journal import encode, header
+from lora_router.router.log.rows import RowBuilder
+from lora_router.router.log.sink import LogSink
+from lora_router.router.log.spool import Spool
 from tests.log.conftest import make_record, make_writer
 
 GARBAGE = b'{"r": {"request_id": "half\xff\xfe\x00 not json\n\x80\x81\x82 more garbage\n'

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from registry.home import Home
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.settings import Settings
 from tests.conftest import free_port, require
 from tests.log.conftest import PgCluster
 from tests.log.gateway import adapter_ids, live_gateway, prompt_for, write_routes

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
-from router.log.pg_sink import PostgresSink
-from router.log.sqlite_sink import SqliteSink
-from router.log.writer import LogWriter
+from lora_router.router.log.pg_sink import PostgresSink
+from lora_router.router.log.sqlite_sink import SqliteSink
+from lora_router.router.log.writer import LogWriter
 from tests.log.conftest import PgCluster, make_record, make_writer
 
 

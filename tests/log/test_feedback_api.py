@@ -12,10 +12,11 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from router.api.errors import install_error_handlers
-from router.api.feedback import router as feedback_router
-from router.log.sink import LogSink
-from router.log.writer import LogWriter
+from lora_router.router.api.errors import install_error_handlers
+from lora_router.router.api.feedback import router as feedback_router
+from lora_router.router.log.sink import LogSink
+from lora_router.router.log.writer import LogWriter
+from tests.api.partial import provide
 from tests.conftest import free_port
 from tests.log.conftest import make_record, make_writer
 
@@ -24,14 +25,13 @@ def _app(writer: LogWriter) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await writer.start()
-        app.state.log_writer = writer
         yield
         await writer.close()
 
     app = FastAPI(lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(feedback_router)
-    return app
+    return provide(app, log_writer=writer)
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from registry.home import Home
-from router.flags.state import load_routes_file
-from router.log.factory import build_sink
-from router.routing import choose
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.flags.state import load_routes_file
+from lora_router.router.log.factory import build_sink
+from lora_router.router.routing import choose
+from lora_router.router.settings import Settings
 from tests.conftest import free_port
 from tests.log.gateway import adapter_ids, live_gateway, prompt_for, shadow_factory, write_routes
 
@@ -69,7 +69,7 @@ async def test_n_requests_make_n_rows_and_one_per_shadow_copy(
     )
     results: list[Result] = []
     async with live_gateway(settings, shadow=shadow_factory(max_inflight=N)) as gw:
-        assert gw.app.state.log_writer.sink.name == db
+        assert gw.app.state.components.log_writer.sink.name == db
         async with httpx.AsyncClient(base_url=gw.url, timeout=60) as client:
             todo = iter(range(N))
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from registry.home import Home
-from router.api.feedback import router as feedback_router
-from router.app import create_app
-from router.flags.state import load_routes_file
-from router.log.factory import build_log_writer
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.app import create_app
+from lora_router.router.flags.state import load_routes_file
+from lora_router.router.log.factory import build_log_writer
+from lora_router.router.settings import Settings
+from tests.api.partial import provide
 from tests.conftest import free_port
 
 N = 40
@@ -27,8 +27,7 @@ async def test_n_requests_make_n_rows_with_model_arm_and_flag_version(
     writer = build_log_writer(settings, copy_home)
     await writer.start()
     app = create_app(settings, recorder=writer.record)
-    app.state.log_writer = writer
-    app.include_router(feedback_router)
+    provide(app, log_writer=writer)  # the recorder's writer answers /v1/feedback
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from router.cli.main import app
-from router.log.factory import build_log_writer
-from router.log.journal import Journal, encode, header
-from router.log.sqlite_sink import SqliteSink
-from router.settings import Settings
+from lora_router.router.cli.main import app
+from lora_router.router.log.factory import build_log_writer
+from lora_router.router.log.journal import Journal, encode, header
+from lora_router.router.log.sqlite_sink import SqliteSink
+from lora_router.router.settings import Settings
 from tests.log.conftest import make_record, make_writer
 
 SECRET = "my card 4111 is blocked, I am CUST-777"

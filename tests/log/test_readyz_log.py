@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-from registry.home import Home
-from router.settings import Settings
+from lora_router.ground.home import Home
+from lora_router.router.settings import Settings
 from tests.conftest import free_port
 from tests.log.gateway import adapter_ids, live_gateway, prompt_for, write_routes
 

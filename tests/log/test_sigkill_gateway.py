@@ -26,8 +26,8 @@ import httpx
 import psycopg
 import pytest
 
-from registry.home import Home
-from router.log.spool import Spool
+from lora_router.ground.home import Home
+from lora_router.router.log.spool import Spool
 from tests.conftest import free_port
 from tests.log.gateway import adapter_ids, prompt_for, serve_process, wait_ready, write_routes
 

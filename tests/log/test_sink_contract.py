@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from router.log.rows import RowBuilder
-from router.log.sink import LogSink
+from lora_router.router.log.rows import RowBuilder
+from lora_router.router.log.sink import LogSink
 from tests.log.conftest import T0, make_record, make_row
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from router.cli.main import app
-from router.log.pg_sink import PostgresSink
-from router.log.rows import Row, RowBuilder
-from router.log.sink import LogSink
-from router.log.spool import Spool
-from router.log.sqlite_sink import SqliteSink
+from lora_router.router.cli.main import app
+from lora_router.router.log.pg_sink import PostgresSink
+from lora_router.router.log.rows import Row, RowBuilder
+from lora_router.router.log.sink import LogSink
+from lora_router.router.log.spool import Spool
+from lora_router.router.log.sqlite_sink import SqliteSink
 from tests.log.conftest import PgCluster, make_record, make_writer
 
 SECRET = "my card 4111 is blocked, I am CUST-777"

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from registry.errors import RequestNotFound
-from router.log.rows import RowBuilder
-from router.log.sink import LogSink
-from router.log.spool import Spool
-from router.log.sqlite_sink import SqliteSink
+from lora_router.ground.errors import RequestNotFound
+from lora_router.router.log.rows import RowBuilder
+from lora_router.router.log.sink import LogSink
+from lora_router.router.log.spool import Spool
+from lora_router.router.log.sqlite_sink import SqliteSink
 from tests.log.conftest import make_record, make_writer
 
 

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import REGISTRY
 
-from router.drift import alerts
-from router.drift.baseline_model import Baseline
-from router.drift.events import LogRow
-from router.drift.inputs import StreamInputs
+from lora_router.router.drift import alerts
+from lora_router.router.drift.baseline_model import Baseline
+from lora_router.router.drift.events import LogRow
+from lora_router.router.drift.inputs import StreamInputs
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from registry.home import Home
+from lora_router.ground.home import Home
 from tests.dashboard.conftest import ROUTE, V1, V2, Gateway, private_home, start_gateway
 
 BASE = "tiny-llama-demo"

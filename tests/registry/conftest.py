@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.home import Home
+from lora_router.ground.home import Home
 
 ROWS = [
     ("CUST-10001", "en", "I was charged twice for my order", "billing"),
@@ -44,7 +44,7 @@ def _build_base(home: Home) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from router.demo.tokenizer import save_tokenizer, train_tokenizer
+    from lora_router.demo.tokenizer import save_tokenizer, train_tokenizer
 
     tok = train_tokenizer(TEXTS * 4, vocab_size=300)
     save_tokenizer(tok, home.base_dir)
@@ -58,9 +58,9 @@ def _build_base(home: Home) -> None:
 
 def _register_dataset(home: Home, dataset_id: str, rows: list[tuple[str, str, str, str]],
                       source: str) -> str:
-    from registry.cards import DataSource, Splits
-    from registry.ingest import subjects_by_split
-    from registry.lifecycle import register_dataset, subject_manifest
+    from lora_router.registry.cards import DataSource, Splits
+    from lora_router.registry.ingest import subjects_by_split
+    from lora_router.registry.lifecycle import register_dataset, subject_manifest
 
     _write_jsonl(home.dataset_dir(dataset_id) / "train.jsonl", rows)
     subjects = subject_manifest(home, splits=subjects_by_split(home.dataset_dir(dataset_id),
@@ -84,11 +84,11 @@ def _register_dataset(home: Home, dataset_id: str, rows: list[tuple[str, str, st
 
 def train_and_register(home: Home, adapter_id: str, dataset_id: str,
                        rollback_target: str | None = None, seed: int = 7) -> None:
-    from adapters.base_pin import read_lock
-    from adapters.training import TrainConfig, train_lora
-    from registry.cards import Checkpoint, Hardware, Method, RunManifest
-    from registry.lifecycle import register_adapter
-    from registry.store import RegistryStore
+    from lora_router.registry.base_pin import read_lock
+    from lora_router.registry.cards import Checkpoint, Hardware, Method, RunManifest
+    from lora_router.registry.lifecycle import register_adapter
+    from lora_router.registry.store import RegistryStore
+    from lora_router.training.lora import TrainConfig, train_lora
 
     lock = read_lock(home)
     ds = RegistryStore(home).get_dataset_card(dataset_id)
@@ -126,7 +126,7 @@ routes:
 
 
 def build_synth_home(root: Path) -> Home:
-    from adapters.base_pin import pin_base
+    from lora_router.registry.base_pin import pin_base
 
     home = Home.at(root)
     _build_base(home)

@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 from typer.testing import CliRunner
 
-from registry.home import Home
-from router.cli.main import app
+from lora_router.ground.home import Home
+from lora_router.router.cli.main import app
 
 
 def cli(home: Home, *args: str) -> Any:

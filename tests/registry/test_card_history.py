@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import yaml
 
-from registry.card_cache import CardCache
-from registry.cards import LifecycleStatus, StatusChange
-from registry.home import Home
-from registry.lifecycle import retire, set_status
-from registry.route_status import reconcile_route_status
-from registry.store import RegistryStore
-from router.flags.factory import home_known_adapters
-from router.flags.memory import MemoryRouteStore
-from router.flags.runtime import registry_hooks
-from router.flags.service import RouteService
-from router.flags.state import RouteState, load_routes_file
+from lora_router.ground.home import Home
+from lora_router.registry.card_cache import CardCache
+from lora_router.registry.cards import LifecycleStatus, StatusChange
+from lora_router.registry.lifecycle import retire, set_status
+from lora_router.registry.store import RegistryStore
+from lora_router.router.flags.factory import home_known_adapters
+from lora_router.router.flags.memory import MemoryRouteStore
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.route_status import reconcile_route_status
+from lora_router.router.flags.runtime import registry_hooks
+from lora_router.router.flags.state import RouteState, load_routes_file
 
 V1, V2, ROUTE = "support-triage@v1", "support-triage@v2", "support-triage"
 

@@ -10,9 +10,9 @@ import typer
 from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
-from registry.home import Home
-from router.cli.common import friendly_errors
-from router.cli.main import app
+from lora_router.ground.home import Home
+from lora_router.router.cli.common import friendly_errors
+from lora_router.router.cli.main import app
 
 ENV = {"DATABASE_URL": "", "REDIS_URL": "", "COLUMNS": "300"}
 

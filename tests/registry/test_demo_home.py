@@ -1,4 +1,4 @@
-"""The registry's acceptance on the real demo home (built by ``router.demo.build``).
+"""The registry's acceptance on the real demo home (built by ``demo.build``).
 
 Each test that changes files works on a private copy (``copy_home``).
 """
@@ -10,22 +10,22 @@ import json
 import pytest
 import yaml
 
-from registry.errors import AdapterRetired
-from registry.home import Home
-from registry.integrity import Problem, verify_adapter
-from registry.lifecycle import (
+from lora_router.ground.errors import AdapterRetired
+from lora_router.ground.home import Home
+from lora_router.registry.integrity import Problem, verify_adapter
+from lora_router.registry.lifecycle import (
     assert_routable,
     references,
     retire,
     set_rollback_target,
     set_status,
-    sync_route_status,
 )
-from registry.lineage import validate
-from registry.reproduce import reproduce
-from registry.store import RegistryStore
-from registry.trained_on import trained_on
-from router.flags.state import load_routes_file
+from lora_router.registry.lineage import validate
+from lora_router.registry.store import RegistryStore
+from lora_router.registry.trained_on import trained_on
+from lora_router.router.flags.route_status import sync_route_status
+from lora_router.router.flags.state import load_routes_file
+from lora_router.training.reproduce import reproduce
 from tests.registry.helpers import cli, edit_yaml, flip_byte
 
 ADAPTER = "support-triage@v1"

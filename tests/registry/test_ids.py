@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from registry.errors import InvalidId
-from registry.home import Home
-from registry.ids import check_card_id, check_name, is_adapter_id, parse_adapter_id
-from router.flags.memory import MemoryRouteStore
-from router.flags.service import RouteService
-from router.flags.state import RouteState, Split
+from lora_router.ground.errors import InvalidId
+from lora_router.ground.home import Home
+from lora_router.ground.ids import check_card_id, check_name, is_adapter_id, parse_adapter_id
+from lora_router.router.flags.memory import MemoryRouteStore
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.state import RouteState, Split
 from tests.registry.helpers import cli
 
 BAD_ADAPTER_IDS = [

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from registry.errors import AdapterIntegrityError, AdapterNotFound, AdapterRetired, InvalidId
-from registry.home import Home
-from registry.integrity import verify_adapter
-from registry.lifecycle import set_status
+from lora_router.ground.errors import (
+    AdapterIntegrityError,
+    AdapterNotFound,
+    AdapterRetired,
+    InvalidId,
+)
+from lora_router.ground.home import Home
+from lora_router.registry.integrity import verify_adapter
+from lora_router.registry.lifecycle import set_status
 from tests.registry.helpers import cli, edit_yaml, flip_byte
 
 

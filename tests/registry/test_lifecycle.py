@@ -6,13 +6,13 @@ import asyncio
 
 import pytest
 
-from registry.errors import AdapterNotFound, AdapterReferenced, AdapterRetired
-from registry.home import Home
-from registry.lifecycle import assert_routable, retire, set_rollback_target, set_status
-from registry.lineage import validate
-from registry.store import RegistryStore
-from router.flags.memory import MemoryRouteStore
-from router.flags.state import RouteState, Split, load_routes_file
+from lora_router.ground.errors import AdapterNotFound, AdapterReferenced, AdapterRetired
+from lora_router.ground.home import Home
+from lora_router.registry.lifecycle import assert_routable, retire, set_rollback_target, set_status
+from lora_router.registry.lineage import validate
+from lora_router.registry.store import RegistryStore
+from lora_router.router.flags.memory import MemoryRouteStore
+from lora_router.router.flags.state import RouteState, Split, load_routes_file
 from tests.registry.helpers import cli, set_routes
 
 
@@ -98,7 +98,7 @@ def test_set_rollback_target_refuses_cycles(synth_home: Home) -> None:
 
 
 def test_cli_retire_reads_the_live_routes_from_redis(synth_home: Home, redis_url: str) -> None:
-    from router.flags.redis_store import RedisRouteStore
+    from lora_router.router.flags.redis_store import RedisRouteStore
 
     async def seed() -> None:
         store = RedisRouteStore(redis_url)
@@ -112,7 +112,7 @@ def test_cli_retire_reads_the_live_routes_from_redis(synth_home: Home, redis_url
     set_routes(synth_home, "routes:\n  triage-es:\n    live: triage@v2\n")
     from typer.testing import CliRunner
 
-    from router.cli.main import app
+    from lora_router.router.cli.main import app
 
     args = ["registry", "retire", "triage@v2", "--reason", "x", "--home", str(synth_home.root)]
     assert CliRunner().invoke(app, args).exit_code == 2  # file only: referenced

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from adapters.base_pin import read_lock
-from registry.errors import RecordNotFound
-from registry.home import Home
-from registry.lineage import lineage
-from registry.trained_on import trained_on
-from router.flags.state import RouteState, Split
+from lora_router.ground.errors import RecordNotFound
+from lora_router.ground.home import Home
+from lora_router.registry.base_pin import read_lock
+from lora_router.registry.lineage import lineage
+from lora_router.registry.trained_on import trained_on
+from lora_router.router.flags.state import RouteState, Split
 from tests.registry.helpers import cli
 
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adapters.base_pin import read_lock
-from adapters.training import TrainConfig, train_lora
-from registry.errors import AdapterRetired, RegistryError
-from registry.home import Home
-from registry.integrity import adapter_file_hashes, checkpoint_hash, verify_adapter
-from registry.lifecycle import register_dataset, set_status
-from registry.lineage import validate
-from registry.store import RegistryStore
-from registry.subjects import key_id, load_key, subject_hash
+from lora_router.ground.errors import AdapterRetired, RegistryError
+from lora_router.ground.home import Home
+from lora_router.registry.base_pin import read_lock
+from lora_router.registry.integrity import adapter_file_hashes, checkpoint_hash, verify_adapter
+from lora_router.registry.lifecycle import register_dataset, set_status
+from lora_router.registry.lineage import validate
+from lora_router.registry.store import RegistryStore
+from lora_router.registry.subjects import key_id, load_key, subject_hash
+from lora_router.training.lora import TrainConfig, train_lora
 from tests.registry.helpers import cli, flip_byte
 
 
@@ -97,7 +97,7 @@ def test_versions_are_immutable(synth_home: Home, tmp_path: Path) -> None:
     result = cli(synth_home, *_register_args(src, manifest))
     assert result.exit_code == 2 and "already holds a different adapter" in result.output
     set_status(synth_home, "triage@v3", "retired", "test", "done", routes={})
-    from registry.lifecycle import register_adapter
+    from lora_router.registry.lifecycle import register_adapter
 
     with pytest.raises(AdapterRetired):
         register_adapter(synth_home, "triage@v3", dataset_id="tickets-v1",

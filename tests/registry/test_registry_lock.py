@@ -12,18 +12,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from registry import store
-from registry.errors import RegistryLocked
-from registry.home import Home
-from registry.lifecycle import set_status, sync_route_status
-from registry.store import registry_lock
-from router.flags.state import RouteState
+from lora_router.ground.errors import RegistryLocked
+from lora_router.ground.home import Home
+from lora_router.registry import store
+from lora_router.registry.lifecycle import set_status
+from lora_router.registry.store import registry_lock
+from lora_router.router.flags.route_status import sync_route_status
+from lora_router.router.flags.state import RouteState
 from tests.registry.helpers import cli
 
 HOLDER = textwrap.dedent("""
     import sys
-    from registry.home import Home
-    from registry.store import registry_lock
+    from lora_router.ground.home import Home
+    from lora_router.registry.store import registry_lock
 
     with registry_lock(Home.at(sys.argv[1]), timeout=60):
         print("locked", flush=True)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import yaml
 
-from registry.hf_export import export_hf
-from registry.home import Home
-from registry.integrity import verify_adapter
-from registry.lineage import validate
-from registry.reproduce import reproduce
+from lora_router.ground.home import Home
+from lora_router.registry.hf_export import export_hf
+from lora_router.registry.integrity import verify_adapter
+from lora_router.registry.lineage import validate
+from lora_router.training.reproduce import reproduce
 from tests.registry.helpers import cli
 
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from registry.errors import AdapterReferenced
-from registry.home import Home
-from registry.lifecycle import retire, set_status
-from registry.store import RegistryStore
-from router.flags.factory import home_known_adapters
-from router.flags.memory import MemoryRouteStore
-from router.flags.runtime import registry_hooks
-from router.flags.service import RouteService
-from router.flags.state import load_routes_file
+from lora_router.ground.errors import AdapterReferenced
+from lora_router.ground.home import Home
+from lora_router.registry.lifecycle import retire, set_status
+from lora_router.registry.store import RegistryStore
+from lora_router.router.flags.factory import home_known_adapters
+from lora_router.router.flags.memory import MemoryRouteStore
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.runtime import registry_hooks
+from lora_router.router.flags.state import load_routes_file
 from tests.registry.helpers import cli
 
 V1, V2, ROUTE = "support-triage@v1", "support-triage@v2", "support-triage"

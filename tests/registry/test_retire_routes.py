@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from registry.errors import AdapterNotFound, AdapterReferenced
-from registry.home import Home
-from registry.lifecycle import retire
-from registry.store import RegistryStore
-from router.cli.main import app
-from router.flags.factory import home_known_adapters
-from router.flags.memory import MemoryRouteStore
-from router.flags.redis_store import RedisRouteStore
-from router.flags.service import RouteService
-from router.flags.state import load_routes_file
-from router.flags.store import RouteStore
+from lora_router.ground.errors import AdapterNotFound, AdapterReferenced
+from lora_router.ground.home import Home
+from lora_router.registry.lifecycle import retire
+from lora_router.registry.store import RegistryStore
+from lora_router.router.cli.main import app
+from lora_router.router.flags.factory import home_known_adapters
+from lora_router.router.flags.memory import MemoryRouteStore
+from lora_router.router.flags.redis_store import RedisRouteStore
+from lora_router.router.flags.route_service import RouteService
+from lora_router.router.flags.state import load_routes_file
+from lora_router.router.flags.store import RouteStore
 
 V1, V2, ROUTE = "support-triage@v1", "support-triage@v2", "support-triage"
 KW = {"actor": "test", "reason": "test"}

@@ -12,13 +12,14 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from registry.home import Home
-from registry.lifecycle import card_rollback_target, registry_lock, sync_route_status
-from registry.store import RegistryStore
-from router.flags.factory import home_known_adapters
-from router.flags.memory import MemoryRouteStore
-from router.flags.service import ChangeResult, RouteService
-from router.flags.state import RouteState, Split, load_routes_file
+from lora_router.ground.home import Home
+from lora_router.registry.lifecycle import registry_lock
+from lora_router.registry.store import RegistryStore
+from lora_router.router.flags.factory import home_known_adapters
+from lora_router.router.flags.memory import MemoryRouteStore
+from lora_router.router.flags.route_service import ChangeResult, RouteService
+from lora_router.router.flags.route_status import card_rollback_target, sync_route_status
+from lora_router.router.flags.state import RouteState, Split, load_routes_file
 from tests.registry.helpers import edit_yaml
 
 V1, V2, ROUTE = "support-triage@v1", "support-triage@v2", "support-triage"

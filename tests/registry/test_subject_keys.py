@@ -11,13 +11,20 @@ import stat
 
 import pytest
 
-from registry.cards import DataSource
-from registry.hashing import salted_hash
-from registry.home import Home
-from registry.lineage import validate
-from registry.store import RegistryStore
-from registry.subjects import KEY_ENV, key_id, key_path, load_key, subject_hash, subject_manifest
-from registry.trained_on import trained_on
+from lora_router.ground.hashing import salted_hash
+from lora_router.ground.home import Home
+from lora_router.registry.cards import DataSource
+from lora_router.registry.lineage import validate
+from lora_router.registry.store import RegistryStore
+from lora_router.registry.subjects import (
+    KEY_ENV,
+    key_id,
+    key_path,
+    load_key,
+    subject_hash,
+    subject_manifest,
+)
+from lora_router.registry.trained_on import trained_on
 from tests.registry.helpers import cli, edit_yaml
 
 IDS = [f"CUST-{n:05d}" for n in range(10000, 10100)]  # the low-entropy id space of the data

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from registry.home import Home
-from registry.lineage import validate
-from registry.store import RegistryStore
-from registry.trained_on import trained_on
+from lora_router.ground.home import Home
+from lora_router.registry.lineage import validate
+from lora_router.registry.store import RegistryStore
+from lora_router.registry.trained_on import trained_on
 from tests.registry.conftest import _write_jsonl, train_and_register
 from tests.registry.helpers import cli, edit_yaml
 

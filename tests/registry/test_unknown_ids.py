@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.base_pin import read_lock
-from registry.errors import RecordNotFound
-from registry.home import Home
-from registry.service import base_impact
+from lora_router.ground.errors import RecordNotFound
+from lora_router.ground.home import Home
+from lora_router.registry.base_pin import read_lock
+from lora_router.registry.questions import base_impact
 from tests.registry.helpers import cli
 
 UNKNOWN = [

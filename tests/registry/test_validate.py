@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from registry.home import Home
-from registry.integrity import Problem
-from registry.lineage import validate
+from lora_router.ground.home import Home
+from lora_router.registry.integrity import Problem
+from lora_router.registry.lineage import validate
 from tests.registry.helpers import cli, edit_yaml, flip_byte, set_routes
 
 
