@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from lora_router.adapters.engine import Engine
 from lora_router.adapters.peft_engine import EmbeddedEngine, EngineConfig
 from lora_router.adapters.remote import RemoteConfig, RemoteEngine
+from lora_router.adapters.vllm_support import VllmConfig
 from lora_router.ground.errors import ConfigError
 from lora_router.ground.home import Home
 
@@ -25,6 +26,7 @@ class EngineSpec:
     kind: str = "embedded"
     config: EngineConfig = field(default_factory=EngineConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
+    vllm: VllmConfig | None = None  # None: VllmConfig()'s defaults
 
 
 def _embedded(spec: EngineSpec, home: Home) -> Engine:
@@ -36,10 +38,10 @@ def _remote(spec: EngineSpec, home: Home) -> Engine:
 
 
 def _vllm(spec: EngineSpec, home: Home) -> Engine:
-    raise ConfigError(
-        "engine 'vllm' is not installed here; install the `vllm` extra on a "
-        "GPU host, or use the embedded engine"
-    )
+    """vLLM in process; without the ``vllm`` extra, one ``ConfigError`` line saying so."""
+    from lora_router.adapters.vllm_engine import VllmEngine  # vllm is imported there only
+
+    return VllmEngine.from_home(home, spec.vllm if spec.vllm is not None else VllmConfig())
 
 
 BUILDERS: dict[str, Callable[[EngineSpec, Home], Engine]] = {

@@ -148,6 +148,7 @@ class VllmEngine(Engine):
         self._lora_ids = LoraIds()
         self._resident: dict[str, AdapterInfo] = {}
         self._loras: dict[str, Any] = {}  # adapter id -> its LoRARequest
+        self._loading: set[str] = set()  # holding a slot while their load is under way
         self._draining: set[str] = set()
         self._pinned: set[str] = set()
         self._inflight = InFlight(config.max_queue)
@@ -219,38 +220,44 @@ class VllmEngine(Engine):
                 raise AdapterBusy(f"adapter {adapter_id} is being unloaded; retry afterwards")
             if adapter_id in self._resident:
                 return self._resident[adapter_id]
-            if len(self._resident) >= self.config.max_adapters:
+            if len(self._resident) + len(self._loading) >= self.config.max_adapters:
                 raise NoFreeSlot(f"all {self.config.max_adapters} adapter slots are taken")
-            t0 = time.perf_counter()
-            read = asyncio.to_thread(
-                read_adapter, Path(path), self._shapes, self.config.max_lora_rank
-            )
-            weights = await self._within(read, f"reading adapter {adapter_id}")
-            int_id = self._lora_ids(adapter_id)
+            self._loading.add(adapter_id)
             try:
-                out = await asyncio.to_thread(write_vllm_adapter, weights, self._work / str(int_id))
-                lora = self._api.LoRARequest(
-                    lora_name=adapter_id, lora_int_id=int_id, lora_path=str(out)
-                )
-                await self._within(llm.add_lora(lora), f"loading adapter {adapter_id}")
-            except BaseException as exc:
-                await self._forget(int_id)
-                if isinstance(exc, LoraRouterError) or not isinstance(exc, Exception):
-                    raise
-                raise _load_error(adapter_id, path, exc) from exc
-            info = AdapterInfo(
-                adapter_id=adapter_id,
-                path=Path(path),
-                rank=weights.rank,
-                alpha=weights.alpha,
-                target_modules=weights.target_modules,
-                slot=int_id,  # vLLM picks GPU slots per batch; the int id is the stable handle
-                size_bytes=weights.size_bytes,
-                load_ms=(time.perf_counter() - t0) * 1000.0,
-            )
-            self._resident[adapter_id], self._loras[adapter_id] = info, lora
-            log.info("adapter %s loaded (lora %d) in %.1f ms", adapter_id, int_id, info.load_ms)
+                info = await self._load(llm, adapter_id, Path(path))
+            finally:
+                self._loading.discard(adapter_id)
+            log.info("adapter %s loaded (lora %d) in %.1f ms", adapter_id, info.slot, info.load_ms)
             return info
+
+    async def _load(self, llm: Any, adapter_id: str, path: Path) -> AdapterInfo:
+        t0 = time.perf_counter()
+        read = asyncio.to_thread(read_adapter, path, self._shapes, self.config.max_lora_rank)
+        weights = await self._within(read, f"reading adapter {adapter_id}")
+        int_id = self._lora_ids(adapter_id)
+        try:
+            out = await asyncio.to_thread(write_vllm_adapter, weights, self._work / str(int_id))
+            lora = self._api.LoRARequest(
+                lora_name=adapter_id, lora_int_id=int_id, lora_path=str(out)
+            )
+            await self._within(llm.add_lora(lora), f"loading adapter {adapter_id}")
+        except BaseException as exc:
+            await self._forget(int_id)
+            if isinstance(exc, LoraRouterError) or not isinstance(exc, Exception):
+                raise
+            raise _load_error(adapter_id, path, exc) from exc
+        info = AdapterInfo(
+            adapter_id=adapter_id,
+            path=path,
+            rank=weights.rank,
+            alpha=weights.alpha,
+            target_modules=weights.target_modules,
+            slot=int_id,  # vLLM picks GPU slots per batch; the int id is the stable handle
+            size_bytes=weights.size_bytes,
+            load_ms=(time.perf_counter() - t0) * 1000.0,
+        )
+        self._resident[adapter_id], self._loras[adapter_id] = info, lora
+        return info
 
     async def _forget(self, int_id: int) -> None:
         """Undo a load that vLLM refused or did not confirm: nothing stays half-loaded."""
@@ -296,8 +303,12 @@ class VllmEngine(Engine):
                     f"at most {self.config.max_loras - 1} adapters can be pinned "
                     f"(max_loras {self.config.max_loras}; one GPU slot stays unpinned)"
                 )
-            await self._within(self._live().pin_lora(info.slot), f"pinning {adapter_id}")
-            self._pinned.add(adapter_id)
+            self._pinned.add(adapter_id)  # counted now: pins of other ids may run meanwhile
+            try:
+                await self._within(self._live().pin_lora(info.slot), f"pinning {adapter_id}")
+            except BaseException:
+                self._pinned.discard(adapter_id)
+                raise
 
     def pinned_adapters(self) -> frozenset[str]:
         return frozenset(self._pinned)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lora_router.adapters.factory import EngineSpec
 from lora_router.adapters.peft_engine import EngineConfig
 from lora_router.adapters.remote import RemoteConfig
+from lora_router.adapters.vllm_support import VllmConfig
 from lora_router.router.settings import Settings
 
 
@@ -26,6 +27,25 @@ def engine_spec(settings: Settings) -> EngineSpec:
             static_max_len=settings.static_max_len,
         ),
         remote=remote_config(settings),
+        vllm=vllm_config(settings) if settings.engine == "vllm" else None,
+    )
+
+
+def vllm_config(settings: Settings) -> VllmConfig:
+    """The in-process vLLM engine's knobs (``engine=vllm``); ``ConfigError`` on values vLLM
+    would refuse or misuse (checked here, at start, in one line)."""
+    return VllmConfig(
+        max_adapters=settings.max_adapters,
+        max_loras=settings.vllm_max_loras,
+        max_lora_rank=settings.max_lora_rank,
+        max_cpu_loras=settings.vllm_max_cpu_loras,
+        gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        max_model_len=settings.vllm_max_model_len,
+        max_num_seqs=settings.max_batch_size,
+        max_queue=settings.max_queue,
+        request_timeout_s=settings.request_timeout_s,
+        dtype="bfloat16" if settings.dtype == "auto" else settings.dtype,
+        enforce_eager=settings.vllm_enforce_eager,
     )
 
 

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=1024, ge=1)
     request_timeout_s: float = Field(default=60.0, gt=0)
     torch_threads: int | None = Field(default=None, ge=1)
+    # engine=vllm (the `vllm` extra, in process): adapters on the GPU per batch, vLLM's host
+    # cache (None: max_adapters, never less: no resident adapter is evicted), its memory
+    vllm_max_loras: int = Field(default=4, ge=1, le=256)
+    vllm_max_cpu_loras: int | None = Field(default=None, ge=1)
+    vllm_gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    vllm_max_model_len: int | None = Field(default=None, ge=16)
+    vllm_enforce_eager: bool = False
     # CUDA only: decode steps replayed from CUDA graphs over a static KV cache whose context
     # is capped at static_max_len (adapters.static_decode); ignored on CPU
     cuda_graphs: bool = True

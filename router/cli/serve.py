@@ -86,6 +86,7 @@ def serve(
         _serve_engine_api(settings, log_level)
         return
     _admin_exposure(settings)
+    _check_engine(settings)
     import uvicorn  # slow imports (torch) after the checks that fail fast
 
     from lora_router.router.app import create_app
@@ -190,3 +191,15 @@ def _admin_exposure(settings: Settings) -> None:
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     app.command("serve")(serve)
+
+
+def _check_engine(settings: Settings) -> None:
+    """The engine's settings, and for ``engine=vllm`` the extra itself: one ``ConfigError``
+    line here rather than a lifespan traceback from uvicorn."""
+    from lora_router.router.engine_spec import engine_spec
+
+    engine_spec(settings)
+    if settings.engine == "vllm":
+        from lora_router.adapters.vllm_engine import load_vllm
+
+        load_vllm()
