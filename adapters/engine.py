@@ -11,12 +11,16 @@ The gateway depends on this module only. Every implementation runs the one contr
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lora_router.ground.errors import InvalidRequest
+
 FinishReason = Literal["stop", "length"]
+MAX_STOPS = 8  # stop sequences per request
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,21 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+
+
+def check_sampling(p: SamplingParams) -> None:
+    """Every engine's rules for sampling values (``InvalidRequest``), checked before any work
+    (and, for a remote engine, before any backend sees the request)."""
+    if not isinstance(p.max_tokens, int) or p.max_tokens < 1:
+        raise InvalidRequest(f"max_tokens must be a positive integer, got {p.max_tokens!r}")
+    if not (math.isfinite(p.temperature) and 0.0 <= p.temperature <= 100.0):
+        raise InvalidRequest(f"temperature must be in [0, 100], got {p.temperature!r}")
+    if not (math.isfinite(p.top_p) and 0.0 < p.top_p <= 1.0):
+        raise InvalidRequest(f"top_p must be in (0, 1], got {p.top_p!r}")
+    if p.seed is not None and not (isinstance(p.seed, int) and 0 <= p.seed < 2**63):
+        raise InvalidRequest(f"seed must be an integer in [0, 2**63), got {p.seed!r}")
+    if len(p.stop) > MAX_STOPS or any(not isinstance(s, str) or not s for s in p.stop):
+        raise InvalidRequest(f"stop must be at most {MAX_STOPS} non-empty strings")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import secrets
 import threading
 import time
@@ -31,8 +30,8 @@ from lora_router.adapters.engine import (
     Engine,
     GenerationRequest,
     GenerationResult,
-    SamplingParams,
     StreamChunk,
+    check_sampling,
 )
 from lora_router.adapters.packing import read_packed
 from lora_router.adapters.slots import SlotBank, Strategy
@@ -52,7 +51,6 @@ from lora_router.registry.base_pin import verify_base
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_MAX_STOPS = 8
 _PREPARE_TIMEOUT_S = 900.0  # allocating the static cache and capturing every CUDA graph
 
 
@@ -146,19 +144,6 @@ class _StreamSink:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the caller's loop is closed: nobody is listening any more
             self._cancelled = True
-
-
-def _check_params(p: SamplingParams) -> None:
-    if not isinstance(p.max_tokens, int) or p.max_tokens < 1:
-        raise InvalidRequest(f"max_tokens must be a positive integer, got {p.max_tokens!r}")
-    if not (math.isfinite(p.temperature) and 0.0 <= p.temperature <= 100.0):
-        raise InvalidRequest(f"temperature must be in [0, 100], got {p.temperature!r}")
-    if not (math.isfinite(p.top_p) and 0.0 < p.top_p <= 1.0):
-        raise InvalidRequest(f"top_p must be in (0, 1], got {p.top_p!r}")
-    if p.seed is not None and not (isinstance(p.seed, int) and 0 <= p.seed < 2**63):
-        raise InvalidRequest(f"seed must be an integer in [0, 2**63), got {p.seed!r}")
-    if len(p.stop) > _MAX_STOPS or any(not isinstance(s, str) or not s for s in p.stop):
-        raise InvalidRequest(f"stop must be at most {_MAX_STOPS} non-empty strings")
 
 
 class EmbeddedEngine(Engine):
@@ -336,7 +321,7 @@ class EmbeddedEngine(Engine):
     def _row(self, request: GenerationRequest, sink: Any, streaming: bool = False) -> Row:
         """Validate a request and build its row; the caller queues it under ``self._lock``."""
         p = request.params
-        _check_params(p)
+        check_sampling(p)
         ids = (list(request.prompt_ids) if request.prompt_ids is not None
                else self._codec.encode(request.prompt))
         if not ids:

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
@@ -53,8 +52,8 @@ from lora_router.adapters.engine import (
     Engine,
     GenerationRequest,
     GenerationResult,
-    SamplingParams,
     StreamChunk,
+    check_sampling,
 )
 from lora_router.adapters.local_base import LocalText, base_shape, verify_local_base
 from lora_router.adapters.remote_backend import TRANSPORT, Backend, lacks_model
@@ -67,17 +66,15 @@ from lora_router.ground.errors import (
     ConfigError,
     EngineError,
     EngineTimeout,
-    InvalidRequest,
     LoraRouterError,
     NoFreeSlot,
 )
 from lora_router.ground.home import Home
 from lora_router.ground.ids import parse_adapter_id
 
-__all__ = ["NoBackend", "RemoteConfig", "RemoteEngine", "check_params"]
+__all__ = ["NoBackend", "RemoteConfig", "RemoteEngine"]
 
 log = logging.getLogger(__name__)
-_MAX_STOPS = 8
 
 
 class _WrongModel(Exception):
@@ -186,7 +183,7 @@ class RemoteEngine(Engine):
         an adapter that is not resident."""
         if self._closed:
             raise EngineError("the engine is closed")
-        check_params(request.params)
+        check_sampling(request.params)
         adapter_id = request.adapter_id
         if adapter_id is None:
             return self.base.name
@@ -299,20 +296,6 @@ class RemoteEngine(Engine):
 
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
         return self._text.chat_prompt(messages)
-
-
-def check_params(p: SamplingParams) -> None:
-    """The embedded engine's rules for sampling values: refused here, before any backend."""
-    if not isinstance(p.max_tokens, int) or p.max_tokens < 1:
-        raise InvalidRequest(f"max_tokens must be a positive integer, got {p.max_tokens!r}")
-    if not (math.isfinite(p.temperature) and 0.0 <= p.temperature <= 100.0):
-        raise InvalidRequest(f"temperature must be in [0, 100], got {p.temperature!r}")
-    if not (math.isfinite(p.top_p) and 0.0 < p.top_p <= 1.0):
-        raise InvalidRequest(f"top_p must be in (0, 1], got {p.top_p!r}")
-    if p.seed is not None and not (isinstance(p.seed, int) and 0 <= p.seed < 2**63):
-        raise InvalidRequest(f"seed must be an integer in [0, 2**63), got {p.seed!r}")
-    if len(p.stop) > _MAX_STOPS or any(not isinstance(s, str) or not s for s in p.stop):
-        raise InvalidRequest(f"stop must be at most {_MAX_STOPS} non-empty strings")
 
 
 def _check_echo(tally: wire.Tally, model: str) -> None:

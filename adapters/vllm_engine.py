@@ -55,9 +55,9 @@ from lora_router.adapters.engine import (
     GenerationRequest,
     GenerationResult,
     StreamChunk,
+    check_sampling,
 )
 from lora_router.adapters.inflight import InFlight, Ticket
-from lora_router.adapters.peft_engine import _check_params as check_params
 from lora_router.adapters.vllm_support import (
     Completion,
     LoraIds,
@@ -321,7 +321,7 @@ class VllmEngine(Engine):
         """Validate and count one request; every refusal raises before vLLM sees it."""
         self._live()
         p = request.params
-        check_params(p)
+        check_sampling(p)
         ids = (list(request.prompt_ids) if request.prompt_ids is not None
                else self._codec.encode(request.prompt))
         if not ids:

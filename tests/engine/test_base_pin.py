@@ -68,5 +68,5 @@ def test_factory_refuses_vllm(tiny: TinyHome) -> None:
     class VllmSettings(Settings):
         engine: str = "vllm"
 
-    with pytest.raises(ConfigError, match="needs the vLLM package.*vllm. extra"):
+    with pytest.raises(ConfigError, match=r"needs the vLLM package.*vllm. extra"):
         build_engine(engine_spec(VllmSettings(home=tiny.home.root)), tiny.home)
