@@ -201,6 +201,13 @@ def run_change(
     exits :data:`EXIT_NOT_SERVED` unless ``allow_no_replicas``."""
     out = _run(home, url, actor, lambda c: c.change(route, action, **fields))
     show(out)
+    check_served(out, allow_no_replicas)
+
+
+def check_served(out: ChangeOut, allow_no_replicas: bool) -> None:
+    """After a change is shown: one made directly on a Redis where no gateway replica is
+    registered is stored but served by nothing, said on stderr, and the command exits
+    :data:`EXIT_NOT_SERVED` unless ``allow_no_replicas``."""
     if not nothing_serves(out):
         return
     message = not_served_message(out)

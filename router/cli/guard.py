@@ -27,7 +27,14 @@ from lora_router.router.cli.common import (
     console,
     friendly_errors,
 )
-from lora_router.router.cli.flags import ActorOpt, JsonOpt, _print_change, _run
+from lora_router.router.cli.flags import (
+    ActorOpt,
+    AllowNoReplicasOpt,
+    JsonOpt,
+    _print_change,
+    _run,
+    check_served,
+)
 from lora_router.router.cli.output import Col, Listing, echo_json, print_listing
 from lora_router.router.drift.policy import DEFAULT_POLICY, GuardPolicy, SliceSpec
 from lora_router.router.flags.client import FlagsClient
@@ -147,6 +154,7 @@ def set_cmd(
     clear_protect: ClearProtectOpt = False, min_labels: MinLabelsOpt = None,
     min_drop: MinDropOpt = None, false_alarms: FalseAlarmOpt = None,
     home: HomeOpt = None, url: UrlOpt = None, actor: ActorOpt = None, as_json: JsonOpt = False,
+    allow_no_replicas: AllowNoReplicasOpt = False,
 ) -> None:
     """Set ROUTE's guard policy: only what the options name changes."""
     updates = _updates(auto, protect, clear_protect, min_labels, min_drop, false_alarms)
@@ -157,14 +165,16 @@ def set_cmd(
         return await client.set_guard(route, policy, reason=reason,
                                       expected_version=current.version if current else None)
 
-    _print_policy_change(_run(home, url, actor, go), as_json)
+    out = _run(home, url, actor, go)
+    _print_policy_change(out, as_json)
+    check_served(out, allow_no_replicas)
 
 
 @guard_app.command("clear")
 @friendly_errors
 def clear_cmd(
     route: str, reason: ReasonOpt, home: HomeOpt = None, url: UrlOpt = None,
-    actor: ActorOpt = None, as_json: JsonOpt = False,
+    actor: ActorOpt = None, as_json: JsonOpt = False, allow_no_replicas: AllowNoReplicasOpt = False,
 ) -> None:
     """Remove ROUTE's guard policy: alerts only, never an automatic change."""
 
@@ -173,7 +183,9 @@ def clear_cmd(
         return await client.set_guard(route, None, reason=reason,
                                       expected_version=current.version if current else None)
 
-    _print_policy_change(_run(home, url, actor, go), as_json)
+    out = _run(home, url, actor, go)
+    _print_policy_change(out, as_json)
+    check_served(out, allow_no_replicas)
 
 
 @guard_app.command("show")

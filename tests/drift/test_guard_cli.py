@@ -57,14 +57,16 @@ def stored(redis_url: str, route: str = "support") -> RouteState:
 
 def test_set_changes_only_what_it_names_and_every_change_is_audited(
         cli: Any, redis_url: str) -> None:
-    cli("guard", "set", "support", "--auto-rollback", "--protect", "language=es",
+    cli("guard", "set", "--allow-no-replicas", "support", "--auto-rollback",
+        "--protect", "language=es",
         "--protect", "tier=gold", "--min-labels", "20", "--reason", "guard es", "--actor", "ann")
     first = stored(redis_url)
     assert first.guard is not None and first.version == 2  # created from routes.yaml, then set
     assert first.guard.auto_rollback and first.guard.protect == ("language=es", "tier=gold")
     assert first.guard.min_labels == 20 and first.live == "support@v1"
 
-    cli("guard", "set", "support", "--no-auto-rollback", "--reason", "alerts only for now")
+    cli("guard", "set", "--allow-no-replicas", "support", "--no-auto-rollback",
+        "--reason", "alerts only for now")
     second = stored(redis_url).guard
     assert second is not None and not second.auto_rollback
     assert second.protect == ("language=es", "tier=gold") and second.min_labels == 20
@@ -73,7 +75,7 @@ def test_set_changes_only_what_it_names_and_every_change_is_audited(
     assert shown["version"] == 3 and shown["guard"]["protect"] == ["language=es", "tier=gold"]
     assert shown["effective"]["auto_rollback"] is False
 
-    cli("guard", "clear", "support", "--reason", "migration")
+    cli("guard", "clear", "--allow-no-replicas", "support", "--reason", "migration")
     assert stored(redis_url).guard is None
     assert json.loads(cli("guard", "show", "support", "--json").stdout)["guard"] is None
     audit = json.loads(cli("audit", "support", "--json").stdout)["entries"]
@@ -83,7 +85,8 @@ def test_set_changes_only_what_it_names_and_every_change_is_audited(
 
 
 def test_bad_input_is_one_line_and_changes_nothing(cli: Any, redis_url: str) -> None:
-    cli("guard", "set", "support", "--protect", "language=es", "--reason", "x")
+    cli("guard", "set", "--allow-no-replicas", "support", "--protect", "language=es",
+        "--reason", "x")
     before = stored(redis_url)
     for args, words in [
         (["--protect", "spanish"], "feature=value"),
@@ -136,3 +139,12 @@ def test_through_the_gateway_with_a_stale_version_refused(
         assert ready["drift"]["holder"] and ready["drift"]["loop"]["alive"] is True
     shown = CliRunner().invoke(app, ["guard", "show", DEMO_ROUTE, "--url", gateway], env=env)
     assert shown.exit_code == 0 and "language=es" in shown.stdout
+
+
+def test_a_direct_change_no_gateway_serves_exits_3(cli: Any) -> None:
+    """Like every route change made directly in Redis: stored, but said plainly that no
+    gateway serves it, and exit 3 (the on-call must not believe the guard is on)."""
+    r = cli("guard", "set", "support", "--auto-rollback", "--reason", "guard", code=3)
+    assert "NOTHING SERVES IT YET" in r.output
+    shown = cli("guard", "show", "support", "--json")
+    assert '"auto_rollback": true' in shown.stdout
