@@ -215,6 +215,22 @@ async def _load_until(engine: RemoteEngine, n: int) -> list[Exception | str]:
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
+async def _busy_on(engine: RemoteEngine, url: str, timeout_s: float = 120.0
+                   ) -> asyncio.Task[list[Exception | str]]:
+    """A running load of 40 requests with at least one in flight on ``url``: batches are
+    sent until one is seen there (a batch can finish between two looks on a fast machine)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        load = asyncio.create_task(_load_until(engine, 40))
+        while not load.done():
+            if _state(engine, url)["in_flight"] > 0:
+                return load
+            await asyncio.sleep(0.005)
+        assert [o for o in load.result() if not isinstance(o, str)] == []
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no request seen in flight on {url}")
+
+
 async def test_a_restarted_backend_that_lost_its_adapters_is_taken_out_not_used(
     demo_home: Home, servers: tuple[EngineServer, EngineServer]
 ) -> None:
@@ -239,9 +255,10 @@ async def test_a_killed_backend_is_taken_out_and_readmitted_after_a_resync(
     a, b = servers
     engine = await _engine(demo_home, [a.url, b.url])
     try:
+        # the engine starts once one backend is in; both must be before the load
+        await _until(lambda: all(x["up"] for x in engine.backends()), "both in service")
         await engine.load_adapter(V1, demo_home.adapter_dir(V1))
-        load = asyncio.create_task(_load_until(engine, 40))
-        await _until(lambda: _state(engine, a.url)["in_flight"] > 0, "a request on a")
+        load = await _busy_on(engine, a.url)
         a.kill()
         outcomes = await load
         assert [o for o in outcomes if not isinstance(o, str)] == []  # retried on b
@@ -251,8 +268,7 @@ async def test_a_killed_backend_is_taken_out_and_readmitted_after_a_resync(
         a.start()
         await _until(lambda: _state(engine, a.url)["up"], "a re-admitted")
         assert a.adapters() == {V1}  # re-synced before it was admitted
-        load = asyncio.create_task(_load_until(engine, 40))
-        await _until(lambda: _state(engine, a.url)["in_flight"] > 0, "a serving again", 60)
+        load = await _busy_on(engine, a.url)
         assert all(isinstance(o, str) for o in await load)
     finally:
         await engine.close()
